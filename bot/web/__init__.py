@@ -1,0 +1,1 @@
+"""The HTTP app: application factory, web chat page, health, background worker."""

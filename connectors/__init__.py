@@ -1,0 +1,1 @@
+"""Platform connectors: one package per platform. They import the core; the core never imports them."""
