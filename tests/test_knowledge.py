@@ -44,6 +44,8 @@ def test_office_phone_comes_from_the_region_profile(kb: KnowledgeBase) -> None:
 def test_every_answer_keeps_an_official_japanese_term(kb: KnowledgeBase, language: str) -> None:
     for entry in kb.entries.values():
         text = re.sub(r"[(（][\u3040-\u309fー・\s]+[)）]", "", kb.answer(entry.id, language))  # readings
+        if language == "ja-easy":  # easy Japanese puts a space between phrases: 木(き)の 枝(えだ)
+            text = re.sub(r"\s+", "", text)
         assert any(term in text for term in entry.terms_ja), (entry.id, language, entry.terms_ja)
 
 
