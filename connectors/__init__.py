@@ -20,4 +20,8 @@ def channels(settings: Settings) -> list[Channel]:
         from connectors.line import LineChannel
 
         found.append(LineChannel.from_settings(settings))
+    if settings.telegram_bot_token.get_secret_value():
+        from connectors.telegram import TelegramChannel
+
+        found.append(TelegramChannel.from_settings(settings))
     return found

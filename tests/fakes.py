@@ -46,6 +46,7 @@ class _Failure:
     body: dict[str, Any]
     headers: dict[str, str]
     times: int
+    after: int = 0
 
 
 @dataclass
@@ -63,9 +64,10 @@ class FakeServer:
         return f"http://127.0.0.1:{self.port}"
 
     def fail(self, path: str, status: int, body: dict[str, Any] | None = None,
-             headers: dict[str, str] | None = None, times: int = 1) -> None:
+             headers: dict[str, str] | None = None, times: int = 1, after: int = 0) -> None:
+        """Answer the next ``times`` calls to ``path`` with this error, once ``after`` calls went through."""
         with self._lock:
-            self._failures.setdefault(path, []).append(_Failure(status, body or {}, headers or {}, times))
+            self._failures.setdefault(path, []).append(_Failure(status, body or {}, headers or {}, times, after))
 
     def stall(self, path: str, seconds: float, times: int = 1) -> None:
         with self._lock:
@@ -78,6 +80,9 @@ class FakeServer:
             if not failures:
                 return stall, None
             failure = failures[0]
+            if failure.after > 0:
+                failure.after -= 1
+                return stall, None
             failure.times -= 1
             if failure.times <= 0:
                 failures.pop(0)
