@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import struct
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -13,7 +15,9 @@ from sqlalchemy import select
 
 from bot.db.models import DeliveryAttempt, Escalation, Identity, Message
 from bot.knowledge import KnowledgeBase
+from bot.languages import LANGUAGES
 from connectors.line import retry_key
+from connectors.line.__main__ import create_rich_menus, plain_image
 from tests.conftest import line_settings, wait_until
 from tests.fakes import FakeLine, line_event, text_event, webhook_body
 
@@ -260,3 +264,34 @@ def test_many_events_in_one_webhook_are_answered_in_order(
               for text in ("Español", "🙂")]
     assert user.post(*events).status_code == 200
     assert user.texts() == [kb.message("language_changed", "es"), kb.message("empty_prompt", "es")]
+
+
+def test_rich_menus_one_per_language_and_users_linked_to_theirs(
+    make_line: Callable[..., LineUser], kb: KnowledgeBase
+) -> None:
+    user = make_line()
+    user.say("한국어")
+    other = LineUser(user.client, user.fake)
+    other.say("Bahasa Indonesia")
+    settings = user.client.app.state.settings  # type: ignore[attr-defined]
+    menus = asyncio.run(create_rich_menus(settings))
+    assert set(menus) == set(kb.languages)
+    created = [c for c in user.fake.calls if c.path == "/v2/bot/richmenu"]
+    assert [c.body["chatBarText"] for c in created] == [kb.message("menu_chat_bar", code) for code in LANGUAGES]
+    japanese = created[0].body["areas"]
+    assert [a["action"]["data"] for a in japanese] == ["consult:help", "consult:language", "consult:staff"]
+    assert [a["action"]["displayText"] for a in japanese][2] == kb.message("command_staff", "ja")
+    images = [c for c in user.fake.calls if c.path.endswith("/content")]
+    assert len(images) == len(LANGUAGES) and all(c.headers["Content-Type"] == "image/png" for c in images)
+    aliases = {c.body["richMenuAliasId"]: c.body["richMenuId"] for c in user.fake.calls_to("/richmenu/alias")}
+    assert aliases["consult-ko"] == menus["ko"]
+    links = {c.body["richMenuId"]: c.body["userIds"] for c in user.fake.calls_to("/richmenu/bulk/link")}
+    assert links == {menus["ko"]: [user.user_id], menus["id"]: [other.user_id]}
+    assert user.fake.calls_to(f"/v2/bot/user/all/richmenu/{menus['en']}"), "English is the default menu"
+
+
+def test_plain_rich_menu_image_is_a_valid_small_png() -> None:
+    image = plain_image()
+    assert image.startswith(b"\x89PNG\r\n\x1a\n") and len(image) < 1024 * 1024
+    width, height = struct.unpack(">II", image[16:24])
+    assert (width, height) == (2500, 843)
