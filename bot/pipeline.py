@@ -391,6 +391,7 @@ class Assistant:
         if kind == "welcome":
             identity.unsubscribed = False
             if connector is not None and not user.language:
+                session.commit()  # no transaction stays open while we wait for the network
                 hint = normalise_hint(await self._best_effort(connector.profile_language(identity.platform_user_id)))
                 if hint:
                     identity.language_hint = hint
@@ -442,6 +443,7 @@ class Assistant:
             message.status = "waiting_engine"  # answered in order, after the older ones
             return [], None
         engine_text = text[: self.engine_message_chars]
+        session.commit()  # no write lock (SQLite) or row lock is held while the engine thinks
         if connector is not None:
             await self._best_effort(connector.thinking(identity.platform_user_id))
         try:
