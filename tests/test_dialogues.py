@@ -129,8 +129,8 @@ class TelegramDriver:
 
 
 @pytest.fixture(params=CHANNELS)
-def user(request: pytest.FixtureRequest, make_client: Callable[..., TestClient], database_url: str,
-         running_engine: EngineProcess, fake_line: FakeLine, fake_telegram: FakeTelegram) -> Driver:
+def user(request: pytest.FixtureRequest, database_url: str, fake_line: FakeLine, fake_telegram: FakeTelegram,
+         running_engine: EngineProcess, make_client: Callable[..., TestClient]) -> Driver:
     settings = {**line_settings(fake_line), **telegram_settings(fake_telegram)}
     client = make_client(database_url, running_engine.url, **settings)
     if request.param == "line":

@@ -54,8 +54,8 @@ class LineUser:
 
 
 @pytest.fixture
-def make_line(make_client: Callable[..., TestClient], database_url: str, dead_engine_url: str,
-              fake_line: FakeLine) -> Callable[..., LineUser]:
+def make_line(database_url: str, fake_line: FakeLine, make_client: Callable[..., TestClient],
+              dead_engine_url: str) -> Callable[..., LineUser]:
     clients: list[TestClient] = []
 
     def factory(**settings: Any) -> LineUser:

@@ -65,8 +65,8 @@ class TelegramUser:
 
 
 @pytest.fixture
-def make_telegram(make_client: Callable[..., TestClient], database_url: str, dead_engine_url: str,
-                  fake_telegram: FakeTelegram) -> Callable[..., TelegramUser]:
+def make_telegram(database_url: str, fake_telegram: FakeTelegram, make_client: Callable[..., TestClient],
+                  dead_engine_url: str) -> Callable[..., TelegramUser]:
     clients: list[TestClient] = []
 
     def factory(language_code: str | None = "en", **settings: Any) -> TelegramUser:
@@ -244,7 +244,7 @@ def test_the_bot_token_never_reaches_the_logs(
 
 
 def test_long_polling_answers_without_a_webhook(
-    make_client: Callable[..., TestClient], database_url: str, dead_engine_url: str, fake_telegram: FakeTelegram,
+    database_url: str, fake_telegram: FakeTelegram, make_client: Callable[..., TestClient], dead_engine_url: str,
     kb: KnowledgeBase,
 ) -> None:
     make_client(database_url, dead_engine_url, **telegram_settings(fake_telegram, telegram_polling=True))
