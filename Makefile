@@ -6,7 +6,7 @@ APP := .venv
 ENGINE := .venv-rasa
 export RASA_TELEMETRY_ENABLED := false
 
-.PHONY: run test setup train kb-check lint bench-latency bench-accuracy clean
+.PHONY: run test setup train kb-check lint bench-latency bench-accuracy bench-webhooks clean
 
 run: setup
 	$(APP)/bin/python -m bot run
@@ -44,6 +44,9 @@ lint: $(APP)/.installed
 
 bench-latency: setup
 	$(APP)/bin/python bench/latency.py
+
+bench-webhooks: $(APP)/.installed
+	$(APP)/bin/python bench/webhook_ack.py
 
 bench-accuracy: setup
 	$(APP)/bin/python bench/accuracy.py

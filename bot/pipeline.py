@@ -7,6 +7,8 @@ in order, through the connector it came from.
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import datetime as dt
 import json
 import logging
@@ -16,11 +18,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from bot.db.models import Conversation, Escalation, Identity, Message, User, utcnow
+from bot.db.models import Conversation, DeliveryAttempt, Escalation, Identity, Message, User, utcnow
 from bot.engine_client import EngineClient, EngineReply, EngineUnavailable
 from bot.knowledge import KnowledgeBase
 from bot.language_id import normalise_hint, resolve
@@ -33,6 +35,10 @@ log = logging.getLogger(__name__)
 
 SUGGESTIONS = 3
 TRANSCRIPT_LENGTH = 30
+MAX_DELIVERY_ATTEMPTS = 8
+RETRY_BACKOFF = (2.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0)
+"""Seconds before delivery attempt 2, 3, ...; the platform's Retry-After wins when it is longer."""
+THINKING_TIMEOUT = 2.0
 
 
 @dataclass(frozen=True)
@@ -102,6 +108,8 @@ class Assistant:
                 platform_event_id=inbound.event_id,
                 text=inbound.text,
                 status="received",
+                kind=inbound.kind,
+                reply_context=dict(inbound.reply_context) or None,
             )
             session.add(message)
             try:
@@ -167,7 +175,14 @@ class Assistant:
         session.commit()
         return bool(result.rowcount)  # type: ignore[attr-defined]
 
-    async def process(self, message_id: int) -> list[Reply]:
+    async def respond(self, message_id: int) -> list[Reply]:
+        """Answer one stored message and deliver the answer through its platform's connector.
+
+        What a webhook runs after it has stored the event and answered the platform.
+        """
+        return await self.process(message_id, deliver=True)
+
+    async def process(self, message_id: int, deliver: bool = False) -> list[Reply]:
         """Answer one stored inbound message (and any older one of its conversation still waiting)."""
         with self.sessions() as session:
             message = session.get(Message, message_id)
@@ -187,7 +202,7 @@ class Assistant:
             await self._process_one(older_id, deliver=True)
             if self._still_waiting(older_id):
                 break
-        return await self._process_one(message_id, deliver=False)
+        return await self._process_one(message_id, deliver=deliver)
 
     def _still_waiting(self, message_id: int) -> bool:
         with self.sessions() as session:
@@ -216,24 +231,125 @@ class Assistant:
             address, platform = identity.platform_user_id, identity.platform
             log.info("processed message=%s status=%s replies=%d", message.id, message.status, len(replies))
         if deliver and replies:
-            await self.deliver(platform, address, outbound, replies)
+            await self.deliver(platform, address, outbound, replies, inbound_id=message_id)
         elif replies:
             self._mark(outbound, "sent")
         return replies
 
-    async def deliver(self, platform: str, address: str, outbound: Sequence[int], replies: Sequence[Reply]) -> None:
+    def _claim_reply_context(self, inbound_id: int) -> dict[str, str]:
+        """The inbound event's reply context, at most once (a LINE reply token is single-use)."""
+        with self.sessions() as session:
+            context = session.scalar(select(Message.reply_context).where(Message.id == inbound_id))
+            if not context:
+                return {}
+            result = session.execute(
+                update(Message)
+                .where(Message.id == inbound_id, Message.reply_context.is_not(None))
+                .values(reply_context=None)
+            )
+            session.commit()
+            if not result.rowcount:  # type: ignore[attr-defined]
+                return {}  # another worker took it
+            return {str(k): str(v) for k, v in context.items()}
+
+    async def deliver(
+        self,
+        platform: str,
+        address: str,
+        outbound: Sequence[int],
+        replies: Sequence[Reply],
+        inbound_id: int | None = None,
+    ) -> bool:
+        """Deliver stored replies; on failure they wait for :meth:`retry_deliveries`. True when all arrived."""
         connector = self.connectors.get(platform)
         if connector is None:
             log.error("no connector for platform=%s", platform)
             self._mark(outbound, "failed")
-            return
+            self._attempt(outbound, platform, "failed", "no connector")
+            return False
+        replies = [dataclasses.replace(reply, message_id=mid) for mid, reply in zip(outbound, replies, strict=True)]
+        context = self._claim_reply_context(inbound_id) if inbound_id is not None else {}
         try:
-            await connector.deliver(address, replies, {})
+            await connector.deliver(address, replies, context)
         except DeliveryError as exc:
-            log.warning("delivery failed platform=%s messages=%s: %s", platform, list(outbound), exc)
-            self._mark(outbound, "failed")
-            return
+            sent = list(outbound[: exc.delivered])
+            rest = list(outbound[exc.delivered :])
+            self._mark(sent, "sent")
+            self._schedule_retry(rest, platform, exc)
+            return False
         self._mark(outbound, "sent")
+        self._attempt(outbound, platform, "sent", "")
+        return True
+
+    def _attempt(self, outbound: Sequence[int], platform: str, outcome: str, detail: str) -> None:
+        if not outbound:
+            return
+        with self.sessions() as session:
+            session.add(DeliveryAttempt(message_id=outbound[0], platform=platform, outcome=outcome,
+                                        detail=detail[:200]))
+            session.commit()
+
+    def _schedule_retry(self, outbound: Sequence[int], platform: str, exc: DeliveryError) -> None:
+        if not outbound:
+            return
+        with self.sessions() as session:
+            rows = session.scalars(select(Message).where(Message.id.in_(outbound))).all()
+            attempts = max((row.attempts or 0) for row in rows) + 1
+            give_up = exc.permanent or attempts >= MAX_DELIVERY_ATTEMPTS
+            wait = RETRY_BACKOFF[min(attempts - 1, len(RETRY_BACKOFF) - 1)]
+            if exc.retry_after is not None:
+                wait = max(wait, exc.retry_after)
+            for row in rows:
+                row.attempts = attempts
+                row.status = "failed" if give_up else "retry"
+                row.next_attempt_at = None if give_up else utcnow() + dt.timedelta(seconds=wait)
+            outcome = "failed" if give_up else "retry"
+            session.add(DeliveryAttempt(message_id=outbound[0], platform=platform, outcome=outcome,
+                                        detail=str(exc)[:200]))
+            session.commit()
+        log.warning("delivery %s platform=%s messages=%s attempt=%d: %s", outcome, platform, list(outbound),
+                    attempts, exc)
+
+    async def retry_deliveries(self, limit: int = 50) -> int:
+        """Deliver replies whose earlier attempt failed and whose time has come; returns how many batches."""
+        now = utcnow()
+        with self.sessions() as session:
+            due = session.execute(
+                select(Message.in_reply_to)
+                .where(Message.direction == "out", Message.status == "retry", Message.next_attempt_at <= now)
+                .group_by(Message.in_reply_to)
+                .order_by(Message.in_reply_to)
+                .limit(limit)
+            ).scalars().all()
+        delivered = 0
+        for inbound_id in due:
+            with self.sessions() as session:
+                rows = session.scalars(
+                    select(Message)
+                    .where(Message.in_reply_to == inbound_id, Message.direction == "out", Message.status == "retry")
+                    .order_by(Message.id)
+                ).all()
+                ids = [row.id for row in rows]
+                claimed = session.execute(
+                    update(Message).where(Message.id.in_(ids), Message.status == "retry").values(status="delivering")
+                )
+                session.commit()
+                if claimed.rowcount != len(ids) or not ids:  # type: ignore[attr-defined]
+                    session.execute(
+                        update(Message).where(Message.id.in_(ids), Message.status == "delivering")
+                        .values(status="retry")
+                    )
+                    session.commit()
+                    continue
+                conversation = session.get(Conversation, rows[0].conversation_id)
+                identity = session.get(Identity, conversation.identity_id) if conversation else None
+                if identity is None:
+                    continue
+                replies = [reply_from_row(row) for row in rows]
+                platform, address = identity.platform, identity.platform_user_id
+            if await self.deliver(platform, address, ids, replies):
+                delivered += 1
+        return delivered
 
     def _mark(self, ids: Sequence[int], status: str) -> None:
         if not ids:
@@ -266,11 +382,39 @@ class Assistant:
     async def _decide(
         self, session: Session, message: Message, conversation: Conversation, identity: Identity, user: User
     ) -> tuple[list[Reply], EngineReply | None]:
-        text = message.text or ""
+        kind = message.kind or "text"
+        connector = self.connectors.get(identity.platform)
+        if kind == "unsubscribe":
+            identity.unsubscribed = True
+            log.info("identity=%s unsubscribed platform=%s", identity.id, identity.platform)
+            return [], None
+        if kind == "welcome":
+            identity.unsubscribed = False
+            if connector is not None and not user.language:
+                session.commit()  # no transaction stays open while we wait for the network
+                hint = normalise_hint(await self._best_effort(connector.profile_language(identity.platform_user_id)))
+                if hint:
+                    identity.language_hint = hint
+        text = (message.text or "") if kind == "text" else ""
         language, detected = resolve(text, user.language, user.detected_language, identity.language_hint)
         if detected:
             user.detected_language = detected
         message.language = language
+
+        if kind == "welcome":
+            return [self._msg("welcome", language, self._language_buttons())], None
+        if kind == "unsupported":
+            return [self._msg("unsupported_message", language)], None
+        if kind == "help":
+            return [self._msg("help", language)], None
+        if kind == "language_menu":
+            return [self._msg("language_menu", language, self._language_buttons())], None
+        if kind == "staff":
+            conversation.failed_understandings = 0
+            return [self._handoff(session, conversation, user, identity, language)], None
+        if kind == "delete_data":
+            self._delete_data(session, message, user, identity)
+            return [self._msg("data_deleted", language)], None
 
         if not has_words(text):
             return [self._msg("empty_prompt", language)], None
@@ -299,6 +443,9 @@ class Assistant:
             message.status = "waiting_engine"  # answered in order, after the older ones
             return [], None
         engine_text = text[: self.engine_message_chars]
+        session.commit()  # no write lock (SQLite) or row lock is held while the engine thinks
+        if connector is not None:
+            await self._best_effort(connector.thinking(identity.platform_user_id))
         try:
             reply = await self.engine.ask(f"conv-{conversation.id}", engine_text, language)
         except EngineUnavailable:
@@ -361,30 +508,61 @@ class Assistant:
                 )
             elif custom.get("handoff"):
                 conversation.failed_understandings = 0
-                self._escalate(session, conversation, user, identity, "requested", urgent=False, language=language)
-                now = self.clock()
-                when = (
-                    self.kb.message("handoff_when_open", language)
-                    if self.hours.is_open(now)
-                    else self.kb.message(
-                        "handoff_when_closed", language, next_open=self.hours.describe_next_open(now, language)
-                    )
-                )
-                replies.append(self._msg("handoff_created", language, when=when))
+                replies.append(self._handoff(session, conversation, user, identity, language))
             elif custom.get("language_menu"):
-                replies.append(
-                    self._msg(
-                        "language_menu",
-                        language,
-                        [Button(self.kb.language_label(code), self.kb.language_label(code)) for code in LANGUAGES],
-                    )
-                )
+                replies.append(self._msg("language_menu", language, self._language_buttons()))
             elif "message" in custom:
                 conversation.failed_understandings = 0
                 replies.append(self._msg(str(custom["message"]), language))
             else:
                 log.warning("engine response without a known key: %s", sorted(custom))
         return replies
+
+    def _language_buttons(self) -> list[Button]:
+        return [Button(self.kb.language_label(code), self.kb.language_label(code)) for code in LANGUAGES]
+
+    def _handoff(
+        self, session: Session, conversation: Conversation, user: User, identity: Identity, language: str
+    ) -> Reply:
+        self._escalate(session, conversation, user, identity, "requested", urgent=False, language=language)
+        now = self.clock()
+        when = (
+            self.kb.message("handoff_when_open", language)
+            if self.hours.is_open(now)
+            else self.kb.message(
+                "handoff_when_closed", language, next_open=self.hours.describe_next_open(now, language)
+            )
+        )
+        return self._msg("handoff_created", language, when=when)
+
+    def _delete_data(self, session: Session, message: Message, user: User, identity: Identity) -> None:
+        """Delete what the user told us and what we learnt about them.
+
+        Kept: the user and platform identity (to deliver the confirmation) and this request, emptied,
+        so that a redelivered event is recognised and not acted on twice.
+        """
+        conversation_ids = select(Conversation.id).where(Conversation.user_id == user.id)
+        session.execute(delete(Escalation).where(Escalation.user_id == user.id))
+        session.execute(
+            delete(Message).where(Message.conversation_id.in_(conversation_ids), Message.id != message.id)
+        )
+        message.text = ""
+        message.payload = None
+        user.language = None
+        user.detected_language = None
+        user.area = None
+        for other in session.scalars(select(Identity).where(Identity.user_id == user.id)):
+            other.language_hint = None
+        log.info("deleted the data of user=%s on request message=%s", user.id, message.id)
+
+    @staticmethod
+    async def _best_effort(call: Any) -> Any:
+        """A courtesy call to the platform (typing indicator, profile): never blocks or breaks an answer."""
+        try:
+            return await asyncio.wait_for(call, THINKING_TIMEOUT)
+        except Exception as exc:  # a courtesy must not cost the answer
+            log.info("best-effort platform call failed: %s", type(exc).__name__)
+            return None
 
     def _suggest(self, reply: EngineReply, language: str) -> Reply:
         keys = [
@@ -503,6 +681,25 @@ class Assistant:
             ).all()
             return [(row.id, reply_from_row(row)) for row in rows]
 
+    def button_payload(self, platform: str, platform_user_id: str, message_id: int, index: int) -> str | None:
+        """The payload of button ``index`` of an outbound message sent to this platform user, if any."""
+        with self.sessions() as session:
+            row = session.scalar(
+                select(Message)
+                .join(Conversation, Conversation.id == Message.conversation_id)
+                .join(Identity, Identity.id == Conversation.identity_id)
+                .where(
+                    Message.id == message_id,
+                    Message.direction == "out",
+                    Identity.platform == platform,
+                    Identity.platform_user_id == platform_user_id,
+                )
+            )
+            buttons = ((row.payload or {}).get("buttons") or []) if row is not None else []
+            if 0 <= index < len(buttons):
+                return str(buttons[index]["payload"])
+            return None
+
     def reply_ids(self, message_id: int) -> list[int]:
         with self.sessions() as session:
             return list(
@@ -520,7 +717,7 @@ class Assistant:
 def reply_from_row(row: Message) -> Reply:
     payload = row.payload or {}
     buttons = tuple(Button(b["title"], b["payload"]) for b in payload.get("buttons") or [])
-    return Reply(text=row.text, buttons=buttons, key=str(payload.get("key") or ""))
+    return Reply(text=row.text, buttons=buttons, key=str(payload.get("key") or ""), message_id=row.id)
 
 
 def choose_payload(entry_id: str) -> str:

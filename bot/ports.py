@@ -27,6 +27,17 @@ class Reply:
     buttons: tuple[Button, ...] = ()
     key: str = ""
     """What it was rendered from: ``faq:<id>``, ``msg:<catalog key>``, ``staff``."""
+    message_id: int | None = None
+    """The stored outbound message, when delivered by the core (connectors may refer to it)."""
+
+
+KINDS = ("text", "welcome", "unsupported", "unsubscribe", "help", "language_menu", "staff", "delete_data")
+"""What an inbound event means, whatever the platform calls it.
+
+``text``: words (or a button's payload); ``welcome``: the user arrived (LINE follow, Telegram /start);
+``unsupported``: a sticker, image, audio, video, file or location; ``unsubscribe``: the user left
+(LINE unfollow); the rest are explicit commands (Telegram /help, /language, /staff, /delete_my_data).
+"""
 
 
 @dataclass(frozen=True)
@@ -39,10 +50,26 @@ class Inbound:
     event_id: str | None = None
     language_hint: str | None = None
     metadata: dict[str, str] = field(default_factory=dict)
+    kind: str = "text"
+    """One of :data:`KINDS`."""
+    reply_context: dict[str, str] = field(default_factory=dict)
+    """Stored with the message and handed to ``deliver`` once (e.g. a LINE reply token)."""
 
 
 class DeliveryError(Exception):
-    """A connector could not deliver now; the core keeps the replies and retries."""
+    """A connector could not deliver now; the core keeps the replies and retries.
+
+    ``delivered``: how many of the replies did reach the user before the failure (not sent again);
+    ``retry_after``: seconds the platform asked us to wait; ``permanent``: retrying cannot help.
+    """
+
+    def __init__(
+        self, reason: str, *, delivered: int = 0, retry_after: float | None = None, permanent: bool = False
+    ) -> None:
+        super().__init__(reason)
+        self.delivered = delivered
+        self.retry_after = retry_after
+        self.permanent = permanent
 
 
 class Connector(Protocol):
@@ -51,5 +78,17 @@ class Connector(Protocol):
     platform: str
 
     async def deliver(self, address: str, replies: Sequence[Reply], reply_context: dict[str, str]) -> None:
-        """Send ``replies`` to the platform user ``address``; raise DeliveryError to retry."""
+        """Send ``replies`` to the platform user ``address``; raise DeliveryError to retry.
+
+        ``reply_context`` is what the connector stored with the inbound event, given on the first
+        attempt only (empty afterwards).
+        """
+        ...
+
+    async def thinking(self, address: str) -> None:
+        """Show that the assistant is working (LINE loading animation, Telegram typing); best effort."""
+        ...
+
+    async def profile_language(self, address: str) -> str | None:
+        """The language the platform knows for this user (LINE profile), or None."""
         ...

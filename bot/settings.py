@@ -28,6 +28,26 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     session_secret: SecretStr = SecretStr("")
 
+    # LINE Messaging API (the channel is on when both secrets are set)
+    line_channel_secret: SecretStr = SecretStr("")
+    line_channel_access_token: SecretStr = SecretStr("")
+    line_api_url: str = "https://api.line.me"
+    line_data_api_url: str = "https://api-data.line.me"
+    line_timeout: float = 10.0
+    line_reply_token_seconds: float = 50.0
+    """A reply token is used only this long after the event (LINE accepts it for about a minute)."""
+
+    # Telegram Bot API (the channel is on when the bot token is set)
+    telegram_bot_token: SecretStr = SecretStr("")
+    telegram_secret_token: SecretStr = SecretStr("")
+    """Checked on every webhook call (X-Telegram-Bot-Api-Secret-Token); required for webhooks."""
+    telegram_api_url: str = "https://api.telegram.org"
+    telegram_public_url: str = ""
+    """The app's public https address, for ``python -m connectors.telegram set-webhook``."""
+    telegram_polling: bool = False
+    """Long polling instead of a webhook (no public address needed)."""
+    telegram_timeout: float = 10.0
+
     def resolved_database_url(self) -> str:
         """``DATABASE_URL`` when set, else an SQLite file under the data folder."""
         if self.database_url:

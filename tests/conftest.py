@@ -16,12 +16,14 @@ import httpx
 import pytest
 import sqlalchemy
 from fastapi.testclient import TestClient
+from pydantic import SecretStr
 
 from bot.__main__ import start_engine, stop_process
 from bot.engine_build import model_path, train_if_needed
 from bot.knowledge import KnowledgeBase
 from bot.settings import PROJECT, Settings
 from bot.web.app import create_app
+from tests.fakes import FakeLine, FakeTelegram
 
 POSTGRES_ADMIN_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
@@ -212,3 +214,41 @@ def live_server(tmp_path: Path) -> Callable[..., LiveServer]:
 
     yield factory  # type: ignore[misc]
     stack.close()
+
+
+# ------------------------------------------------------------------ platform fakes
+
+
+@pytest.fixture
+def fake_line() -> Iterator[FakeLine]:
+    """The LINE Messaging API on 127.0.0.1 (real HTTP), recording every call."""
+    with FakeLine() as fake:
+        yield fake
+
+
+@pytest.fixture
+def fake_telegram() -> Iterator[FakeTelegram]:
+    """The Telegram Bot API on 127.0.0.1 (real HTTP), recording every call."""
+    with FakeTelegram() as fake:
+        yield fake
+
+
+def line_settings(fake: FakeLine, **extra: Any) -> dict[str, Any]:
+    return {
+        "line_channel_secret": SecretStr(fake.channel_secret),
+        "line_channel_access_token": SecretStr(fake.access_token),
+        "line_api_url": fake.url,
+        "line_data_api_url": fake.url,
+        "line_timeout": 1.0,
+        **extra,
+    }
+
+
+def telegram_settings(fake: FakeTelegram, **extra: Any) -> dict[str, Any]:
+    return {
+        "telegram_bot_token": SecretStr(fake.token),
+        "telegram_secret_token": SecretStr("telegram-test-secret"),
+        "telegram_api_url": fake.url,
+        "telegram_timeout": 1.0,
+        **extra,
+    }

@@ -16,6 +16,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -55,6 +56,8 @@ class Identity(Base):
     platform: Mapped[str] = mapped_column(String(16))
     platform_user_id: Mapped[str] = mapped_column(String(128))
     language_hint: Mapped[str | None] = mapped_column(String(16))
+    unsubscribed: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    """The user left this platform's account (LINE unfollow, Telegram bot blocked)."""
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
     user: Mapped[User] = relationship(back_populates="identities")
@@ -100,6 +103,27 @@ class Message(Base):
     intent: Mapped[str | None] = mapped_column(String(128))
     confidence: Mapped[float | None] = mapped_column(Float)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    """in: processing claims. out: delivery attempts."""
+    kind: Mapped[str] = mapped_column(String(16), default="text", server_default="text")
+    """in: what the platform event was (``bot.ports.KINDS``)."""
+    reply_context: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    """in: what the connector needs to answer this event (a LINE reply token); used once, then cleared."""
+    next_attempt_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    """out, status ``retry``: when the next delivery attempt is due."""
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class DeliveryAttempt(Base):
+    """One try to deliver the replies to one inbound message (``message_id``: the first reply)."""
+
+    __tablename__ = "delivery_attempts"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    message_id: Mapped[int] = mapped_column(ForeignKey("messages.id", ondelete="CASCADE"), index=True)
+    platform: Mapped[str] = mapped_column(String(16))
+    outcome: Mapped[str] = mapped_column(String(16))
+    """sent, retry, failed."""
+    detail: Mapped[str] = mapped_column(String(200), default="")
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 

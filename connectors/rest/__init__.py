@@ -31,6 +31,12 @@ class RestConnector:
     async def deliver(self, address: str, replies: Sequence[Reply], reply_context: dict[str, str]) -> None:
         return None
 
+    async def thinking(self, address: str) -> None:
+        return None
+
+    async def profile_language(self, address: str) -> str | None:
+        return None
+
 
 def _bad(reason: str, status: int = 400) -> JSONResponse:
     return JSONResponse({"error": reason}, status_code=status)

@@ -1,0 +1,402 @@
+"""Fakes of the LINE Messaging API and the Telegram Bot API: real HTTP servers on 127.0.0.1.
+
+Each runs an aiohttp application in its own thread and event loop, records every call, and can
+be told to fail: ``fail(path, status, ...)`` answers the next calls to a path with an error
+(429 with Retry-After, 500), ``stall(path, seconds)`` makes them time out. The LINE fake keeps
+reply tokens like LINE does: single-use, and ``expire_reply_tokens()`` makes every issued one
+invalid (LINE answers 400 "Invalid reply token"). The real SDKs talk to them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import json
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Call:
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: dict[str, Any]
+    status: int = 200
+
+
+@dataclass
+class _Failure:
+    status: int
+    body: dict[str, Any]
+    headers: dict[str, str]
+    times: int
+    after: int = 0
+
+
+@dataclass
+class FakeServer:
+    """The common part: a thread with an aiohttp app, the call log and scripted failures."""
+
+    port: int = field(default_factory=free_port)
+    calls: list[Call] = field(default_factory=list)
+    _failures: dict[str, list[_Failure]] = field(default_factory=dict)
+    _stalls: dict[str, list[float]] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def fail(self, path: str, status: int, body: dict[str, Any] | None = None,
+             headers: dict[str, str] | None = None, times: int = 1, after: int = 0) -> None:
+        """Answer the next ``times`` calls to ``path`` with this error, once ``after`` calls went through."""
+        with self._lock:
+            self._failures.setdefault(path, []).append(_Failure(status, body or {}, headers or {}, times, after))
+
+    def stall(self, path: str, seconds: float, times: int = 1) -> None:
+        with self._lock:
+            self._stalls.setdefault(path, []).extend([seconds] * times)
+
+    def _scripted(self, path: str) -> tuple[float, _Failure | None]:
+        with self._lock:
+            stall = self._stalls[path].pop(0) if self._stalls.get(path) else 0.0
+            failures = self._failures.get(path) or []
+            if not failures:
+                return stall, None
+            failure = failures[0]
+            if failure.after > 0:
+                failure.after -= 1
+                return stall, None
+            failure.times -= 1
+            if failure.times <= 0:
+                failures.pop(0)
+            return stall, failure
+
+    def calls_to(self, path_end: str) -> list[Call]:
+        with self._lock:
+            return [call for call in self.calls if call.path.endswith(path_end)]
+
+    def _record(self, call: Call) -> None:
+        with self._lock:
+            self.calls.append(call)
+
+    # ---------------------------------------------------------------- serving
+
+    def app(self) -> web.Application:
+        raise NotImplementedError
+
+    def __enter__(self) -> FakeServer:
+        self._loop = asyncio.new_event_loop()
+        started = threading.Event()
+
+        async def serve() -> None:
+            self._runner = web.AppRunner(self.app(), access_log=None)
+            await self._runner.setup()
+            await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+            started.set()
+
+        def run() -> None:
+            asyncio.set_event_loop(self._loop)
+            self._loop.run_until_complete(serve())
+            self._loop.run_forever()
+            self._loop.run_until_complete(self._runner.cleanup())
+            self._loop.close()
+
+        self._thread = threading.Thread(target=run, daemon=True)
+        self._thread.start()
+        if not started.wait(10):
+            raise RuntimeError("the fake server did not start")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+
+
+# ==================================================================== LINE
+
+
+@dataclass
+class FakeLine(FakeServer):
+    """The LINE Messaging API endpoints the connector uses, with LINE's reply-token rules."""
+
+    channel_secret: str = "line-test-channel-secret"
+    access_token: str = "line-test-access-token"
+    profiles: dict[str, str] = field(default_factory=dict)
+    """user id → profile language (``ja``, ``pt-BR``...)."""
+    _tokens: dict[str, str] = field(default_factory=dict)
+    _used_retry_keys: set[str] = field(default_factory=set)
+    _expired: bool = False
+
+    def issue_reply_token(self, user_id: str) -> str:
+        token = uuid.uuid4().hex
+        with self._lock:
+            self._tokens[token] = user_id
+        return token
+
+    def expire_reply_tokens(self) -> None:
+        with self._lock:
+            self._expired = True
+            self._tokens.clear()
+
+    def sign(self, body: bytes) -> str:
+        digest = hmac.new(self.channel_secret.encode(), body, hashlib.sha256).digest()
+        return base64.b64encode(digest).decode()
+
+    def delivered(self, user_id: str) -> list[dict[str, Any]]:
+        """Every message the user has been shown, in order (replies and pushes that LINE accepted)."""
+        shown: list[dict[str, Any]] = []
+        for call in list(self.calls):
+            if call.status != 200:
+                continue
+            reply = call.path == "/v2/bot/message/reply" and call.body.get("_user") == user_id
+            push = call.path == "/v2/bot/message/push" and call.body.get("to") == user_id
+            if reply or push:
+                shown.extend(call.body["messages"])
+        return shown
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_post("/v2/bot/message/reply", self._reply)
+        app.router.add_post("/v2/bot/message/push", self._push)
+        app.router.add_post("/v2/bot/chat/loading/start", self._loading)
+        app.router.add_get("/v2/bot/profile/{user_id}", self._profile)
+        app.router.add_route("*", "/{tail:.*}", self._other)
+        return app
+
+    async def _begin(self, request: web.Request) -> tuple[Call, web.Response | None]:
+        raw = await request.read()
+        body = json.loads(raw) if raw and request.content_type == "application/json" else {}
+        call = Call(request.method, request.path, dict(request.headers), body)
+        if request.headers.get("Authorization") != f"Bearer {self.access_token}":
+            call.status = 401
+            self._record(call)
+            return call, web.json_response({"message": "Authentication failed"}, status=401)
+        stall, failure = self._scripted(request.path)
+        if stall:
+            await asyncio.sleep(stall)
+        if failure is not None:
+            call.status = failure.status
+            self._record(call)
+            return call, web.json_response(failure.body, status=failure.status, headers=failure.headers)
+        return call, None
+
+    async def _reply(self, request: web.Request) -> web.Response:
+        call, error = await self._begin(request)
+        if error is not None:
+            return error
+        with self._lock:
+            user = self._tokens.pop(call.body.get("replyToken", ""), None)
+        if user is None:
+            call.status = 400
+            self._record(call)
+            return web.json_response({"message": "Invalid reply token"}, status=400)
+        call.body["_user"] = user
+        self._record(call)
+        return web.json_response({"sentMessages": [{"id": str(i)} for i, _ in enumerate(call.body["messages"])]})
+
+    async def _push(self, request: web.Request) -> web.Response:
+        call, error = await self._begin(request)
+        if error is not None:
+            return error
+        key = request.headers.get("X-Line-Retry-Key")
+        with self._lock:
+            seen = key in self._used_retry_keys if key else False
+            if key:
+                self._used_retry_keys.add(key)
+        if seen:
+            call.status = 409
+            self._record(call)
+            return web.json_response({"message": "The retry key is already accepted"}, status=409,
+                                     headers={"x-line-accepted-request-id": "accepted"})
+        self._record(call)
+        return web.json_response({"sentMessages": [{"id": str(i)} for i, _ in enumerate(call.body["messages"])]})
+
+    async def _loading(self, request: web.Request) -> web.Response:
+        call, error = await self._begin(request)
+        if error is not None:
+            return error
+        self._record(call)
+        return web.json_response({}, status=202)
+
+    async def _profile(self, request: web.Request) -> web.Response:
+        call, error = await self._begin(request)
+        if error is not None:
+            return error
+        self._record(call)
+        user_id = request.match_info["user_id"]
+        body: dict[str, Any] = {"displayName": "Test user", "userId": user_id}
+        if user_id in self.profiles:
+            body["language"] = self.profiles[user_id]
+        return web.json_response(body)
+
+    async def _other(self, request: web.Request) -> web.Response:
+        """Rich menus and the rest: recorded, answered with a plausible body."""
+        call, error = await self._begin(request)
+        if error is not None:
+            return error
+        self._record(call)
+        if request.path == "/v2/bot/richmenu":
+            return web.json_response({"richMenuId": f"richmenu-{uuid.uuid4().hex}"})
+        return web.json_response({})
+
+
+def line_event(kind: str, user_id: str, token: str | None, event_id: str | None = None, redelivery: bool = False,
+               **extra: Any) -> dict[str, Any]:
+    """A webhook event as LINE sends it."""
+    event: dict[str, Any] = {
+        "type": kind,
+        "mode": "active",
+        "timestamp": int(time.time() * 1000),
+        "source": {"type": "user", "userId": user_id},
+        "webhookEventId": event_id or uuid.uuid4().hex.upper()[:26],
+        "deliveryContext": {"isRedelivery": redelivery},
+    }
+    if token is not None:
+        event["replyToken"] = token
+    event.update(extra)
+    return event
+
+
+def text_event(user_id: str, token: str, text: str, **kw: Any) -> dict[str, Any]:
+    return line_event("message", user_id, token,
+                      message={"type": "text", "id": uuid.uuid4().hex[:16], "text": text, "quoteToken": "q"}, **kw)
+
+
+def webhook_body(*events: dict[str, Any]) -> bytes:
+    return json.dumps({"destination": "Ubot", "events": list(events)}, ensure_ascii=False).encode()
+
+
+# ==================================================================== Telegram
+
+
+@dataclass
+class FakeTelegram(FakeServer):
+    """The Bot API methods the connector uses, under ``/bot<token>/<method>``."""
+
+    token: str = "123456:telegram-test-token"
+    updates: list[dict[str, Any]] = field(default_factory=list)
+    """Handed out by getUpdates (long polling)."""
+    _message_ids: int = 0
+
+    @property
+    def base_url(self) -> str:
+        return f"{self.url}/bot"
+
+    def method_calls(self, method: str) -> list[Call]:
+        return [call for call in self.calls_to(f"/{method}") if call.status == 200]
+
+    def delivered(self, chat_id: int | str) -> list[dict[str, Any]]:
+        """Messages the user has been shown: successful sendMessage calls to that chat."""
+        return [call.body for call in self.method_calls("sendMessage") if str(call.body.get("chat_id")) == str(chat_id)]
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_post("/bot{token}/{method}", self._method)
+        return app
+
+    async def _method(self, request: web.Request) -> web.Response:
+        method = request.match_info["method"]
+        if request.content_type == "application/json":
+            body = await request.json()
+        else:
+            form = await request.post()
+            body = {}
+            for key, value in form.items():
+                text = str(value)
+                try:
+                    body[key] = json.loads(text)
+                except ValueError:
+                    body[key] = text
+        call = Call(request.method, f"/{method}", dict(request.headers), body)
+        if request.match_info["token"] != self.token:
+            call.status = 401
+            self._record(call)
+            return web.json_response({"ok": False, "error_code": 401, "description": "Unauthorized"}, status=401)
+        stall, failure = self._scripted(f"/{method}")
+        if stall:
+            await asyncio.sleep(stall)
+        if failure is not None:
+            call.status = failure.status
+            self._record(call)
+            return web.json_response(failure.body, status=failure.status, headers=failure.headers)
+        self._record(call)
+        handler: Callable[[dict[str, Any]], Any] = getattr(self, f"_m_{method}", lambda _body: True)
+        result = handler(body)
+        if asyncio.iscoroutine(result):
+            result = await result
+        return web.json_response({"ok": True, "result": result})
+
+    def _m_getMe(self, body: dict[str, Any]) -> dict[str, Any]:
+        return {"id": 123456, "is_bot": True, "first_name": "Consult", "username": "consult_test_bot"}
+
+    def _m_sendMessage(self, body: dict[str, Any]) -> dict[str, Any]:
+        with self._lock:
+            self._message_ids += 1
+            message_id = self._message_ids
+        return {"message_id": message_id, "date": int(time.time()),
+                "chat": {"id": int(body["chat_id"]), "type": "private"}, "text": body.get("text", "")}
+
+    async def _m_getUpdates(self, body: dict[str, Any]) -> list[dict[str, Any]]:
+        offset = int(body.get("offset") or 0)
+        for _ in range(20):
+            with self._lock:
+                pending = [u for u in self.updates if u["update_id"] >= offset]
+            if pending:
+                return pending
+            await asyncio.sleep(0.05)
+        return []
+
+
+def telegram_user(user_id: int, language_code: str | None = "en") -> dict[str, Any]:
+    user: dict[str, Any] = {"id": user_id, "is_bot": False, "first_name": "Test"}
+    if language_code:
+        user["language_code"] = language_code
+    return user
+
+
+def telegram_message_update(update_id: int, user_id: int, text: str | None, language_code: str | None = "en",
+                            **content: Any) -> dict[str, Any]:
+    message: dict[str, Any] = {
+        "message_id": update_id,
+        "date": int(time.time()),
+        "chat": {"id": user_id, "type": "private"},
+        "from": telegram_user(user_id, language_code),
+    }
+    if text is not None:
+        message["text"] = text
+        if text.startswith("/"):
+            message["entities"] = [{"type": "bot_command", "offset": 0, "length": len(text.split()[0])}]
+    message.update(content)
+    return {"update_id": update_id, "message": message}
+
+
+def telegram_callback_update(update_id: int, user_id: int, data: str, language_code: str | None = "en"
+                             ) -> dict[str, Any]:
+    return {
+        "update_id": update_id,
+        "callback_query": {
+            "id": f"cb-{update_id}",
+            "from": telegram_user(user_id, language_code),
+            "chat_instance": "ci",
+            "data": data,
+            "message": {"message_id": 1, "date": int(time.time()), "chat": {"id": user_id, "type": "private"},
+                        "text": "..."},
+        },
+    }
