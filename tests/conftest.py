@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import socket
 import subprocess
 import time
 import uuid
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -123,6 +125,9 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
     url = admin.url.set(database=name).render_as_string(hide_password=False)
     yield url
     sqlalchemy.orm.close_all_sessions()
+    with warnings.catch_warnings():  # connections of engines already dropped: collected here, not in a later test
+        warnings.simplefilter("ignore", ResourceWarning)
+        gc.collect()
     with admin.connect() as connection:
         connection.execute(sqlalchemy.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 

@@ -104,6 +104,9 @@ def create_app(
             for channel in channels:
                 await channel.close()
             await assistant.engine.close()
+            bind = assistant.sessions.kw.get("bind")
+            if bind is not None:
+                bind.dispose()
 
     app = FastAPI(title="Consultation assistant", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.assistant = assistant
