@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import Select, delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -667,34 +667,14 @@ class Assistant:
         """Messages sent to one platform user after message ``after``, oldest first."""
         with self.sessions() as session:
             rows = session.scalars(
-                select(Message)
-                .join(Conversation, Conversation.id == Message.conversation_id)
-                .join(Identity, Identity.id == Conversation.identity_id)
-                .where(
-                    Identity.platform == platform,
-                    Identity.platform_user_id == platform_user_id,
-                    Message.direction == "out",
-                    Message.id > after,
-                )
-                .order_by(Message.id)
-                .limit(limit)
+                _sent_to(platform, platform_user_id).where(Message.id > after).order_by(Message.id).limit(limit)
             ).all()
             return [(row.id, reply_from_row(row)) for row in rows]
 
     def button_payload(self, platform: str, platform_user_id: str, message_id: int, index: int) -> str | None:
         """The payload of button ``index`` of an outbound message sent to this platform user, if any."""
         with self.sessions() as session:
-            row = session.scalar(
-                select(Message)
-                .join(Conversation, Conversation.id == Message.conversation_id)
-                .join(Identity, Identity.id == Conversation.identity_id)
-                .where(
-                    Message.id == message_id,
-                    Message.direction == "out",
-                    Identity.platform == platform,
-                    Identity.platform_user_id == platform_user_id,
-                )
-            )
+            row = session.scalar(_sent_to(platform, platform_user_id).where(Message.id == message_id))
             buttons = ((row.payload or {}).get("buttons") or []) if row is not None else []
             if 0 <= index < len(buttons):
                 return str(buttons[index]["payload"])
@@ -712,6 +692,20 @@ class Assistant:
                 select(Message).where(Message.in_reply_to == message_id).order_by(Message.id)
             ).all()
             return tuple(reply_from_row(row) for row in rows)
+
+
+def _sent_to(platform: str, platform_user_id: str) -> Select[Message]:
+    """Outbound messages to one platform user."""
+    return (
+        select(Message)
+        .join(Conversation, Conversation.id == Message.conversation_id)
+        .join(Identity, Identity.id == Conversation.identity_id)
+        .where(
+            Identity.platform == platform,
+            Identity.platform_user_id == platform_user_id,
+            Message.direction == "out",
+        )
+    )
 
 
 def reply_from_row(row: Message) -> Reply:
