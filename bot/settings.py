@@ -27,6 +27,8 @@ class Settings(BaseSettings):
     engine_message_chars: int = 500
     log_level: str = "INFO"
     session_secret: SecretStr = SecretStr("")
+    kb_drafts_dir: Path | None = None
+    """Where accepted staff proposals are written as draft entries (default: knowledge_base/drafts)."""
 
     # LINE Messaging API (the channel is on when both secrets are set)
     line_channel_secret: SecretStr = SecretStr("")
@@ -47,6 +49,16 @@ class Settings(BaseSettings):
     telegram_polling: bool = False
     """Long polling instead of a webhook (no public address needed)."""
     telegram_timeout: float = 10.0
+
+    # Staff console and API (bot/web/console.py, bot/web/api.py)
+    console_session_hours: float = 12.0
+    """A console sign-in lasts this long (the session secret: ``session_secret``, else generated into the data folder)."""
+    console_secure_cookie: bool = False
+    """Mark the session cookie Secure (set it when the console is served over https)."""
+    console_login_limit: int = 20
+    """Failed console logins allowed from one address within ``console_login_window_minutes``."""
+    console_login_window_minutes: int = 15
+    console_page_size: int = 50
 
     def resolved_database_url(self) -> str:
         """``DATABASE_URL`` when set, else an SQLite file under the data folder."""

@@ -85,6 +85,7 @@ class Message(Base):
         UniqueConstraint("platform", "platform_event_id"),
         Index("ix_messages_status", "direction", "status"),
         Index("ix_messages_conversation", "conversation_id", "id"),
+        Index("ix_messages_translation", "translation_status"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -110,6 +111,14 @@ class Message(Base):
     """in: what the connector needs to answer this event (a LINE reply token); used once, then cleared."""
     next_attempt_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
     """out, status ``retry``: when the next delivery attempt is due."""
+    text_ja: Mapped[str | None] = mapped_column(Text)
+    """in: the Japanese staff read beside the original (the original itself when it is Japanese)."""
+    translated_by: Mapped[str | None] = mapped_column(String(32))
+    """How ``text_ja`` was made: ``original``, ``argos`` or ``argos via en``."""
+    translation_status: Mapped[str | None] = mapped_column(String(12))
+    """in, for staff: ``pending`` (the background worker translates it), ``done``, ``unavailable``."""
+    staff_id: Mapped[int | None] = mapped_column(ForeignKey("staff_users.id", ondelete="SET NULL"))
+    """out: the staff member who wrote it (None: the assistant)."""
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
@@ -127,11 +136,18 @@ class DeliveryAttempt(Base):
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
+ESCALATION_STATUSES = ("open", "assigned", "waiting", "resolved")
+"""open → assigned (a staff member took it) → waiting (for the user) → resolved; a user message reopens."""
+
+
 class Escalation(Base):
     """A case for staff: opened on a hand-off, with the transcript at that moment."""
 
     __tablename__ = "escalations"
-    __table_args__ = (Index("ix_escalations_status", "status", "urgent"),)
+    __table_args__ = (
+        Index("ix_escalations_queue", "status", "urgent", "created_at"),
+        Index("ix_escalations_language", "language"),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     conversation_id: Mapped[int] = mapped_column(ForeignKey("conversations.id", ondelete="CASCADE"), index=True)
@@ -143,5 +159,99 @@ class Escalation(Base):
     language: Mapped[str | None] = mapped_column(String(16))
     platform: Mapped[str] = mapped_column(String(16))
     transcript: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    """The conversation's last messages when the case opened (what the assistant tried)."""
+    assignee_id: Mapped[int | None] = mapped_column(ForeignKey("staff_users.id", ondelete="SET NULL"))
+    topic: Mapped[str | None] = mapped_column(String(128))
+    """The knowledge-base entry (or intent) the assistant last tried."""
+    category: Mapped[str | None] = mapped_column(String(64))
+    """That entry's category (visa, work, life, medical, disaster, ...)."""
+    night: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    """Opened outside office hours: the morning queue lists these first."""
+    summary_ja: Mapped[str | None] = mapped_column(Text)
+    """The user's first messages in Japanese, short, for the queue."""
+    first_message_id: Mapped[int | None] = mapped_column(Integer)
+    """The conversation's first message that belongs to this case."""
+    resolved_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class StaffUser(Base):
+    """A staff account of the console and API (role ``staff`` or ``admin``)."""
+
+    __tablename__ = "staff_users"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    login: Mapped[str] = mapped_column(String(64), unique=True)
+    display_name: Mapped[str] = mapped_column(String(128))
+    role: Mapped[str] = mapped_column(String(8), default="staff")
+    password_hash: Mapped[str] = mapped_column(String(256))
+    """argon2id (argon2-cffi), never the password."""
+    failed_logins: Mapped[int] = mapped_column(Integer, default=0)
+    locked_until: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    last_login_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class ApiToken(Base):
+    """An API token; only its SHA-256 is stored (the token is shown once, at creation)."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    staff_id: Mapped[int] = mapped_column(ForeignKey("staff_users.id", ondelete="CASCADE"), index=True)
+    label: Mapped[str] = mapped_column(String(128), default="")
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    last_used_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    revoked_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class AuditEntry(Base):
+    """One staff action (login, reply, hand back, resolve, canned reply change, KB decision, ...)."""
+
+    __tablename__ = "audit_log"
+    __table_args__ = (Index("ix_audit_log_at", "at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    staff_id: Mapped[int | None] = mapped_column(ForeignKey("staff_users.id", ondelete="SET NULL"), index=True)
+    action: Mapped[str] = mapped_column(String(48))
+    target_type: Mapped[str | None] = mapped_column(String(32))
+    target_id: Mapped[str | None] = mapped_column(String(64))
+    detail: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    """Identifiers and choices; never message bodies or passwords."""
+    at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class CannedReply(Base):
+    """A reply staff reuse, in Japanese (translated like any staff reply)."""
+
+    __tablename__ = "canned_replies"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    title: Mapped[str] = mapped_column(String(128))
+    text_ja: Mapped[str] = mapped_column(Text)
+    created_by: Mapped[int | None] = mapped_column(ForeignKey("staff_users.id", ondelete="SET NULL"))
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class KbSuggestion(Base):
+    """A staff answer proposed as a knowledge-base entry; an admin accepts it into a draft file."""
+
+    __tablename__ = "kb_suggestions"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    escalation_id: Mapped[int | None] = mapped_column(ForeignKey("escalations.id", ondelete="SET NULL"))
+    question_ja: Mapped[str] = mapped_column(Text)
+    answer_ja: Mapped[str] = mapped_column(Text)
+    proposed_by: Mapped[int | None] = mapped_column(ForeignKey("staff_users.id", ondelete="SET NULL"))
+    status: Mapped[str] = mapped_column(String(12), default="proposed")
+    """proposed, accepted, rejected."""
+    translations: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    """Machine translations made on acceptance: ``{lang: {"question": ..., "answer": ..., "via": ...}}``."""
+    draft_path: Mapped[str | None] = mapped_column(String(512))
+    decided_by: Mapped[int | None] = mapped_column(ForeignKey("staff_users.id", ondelete="SET NULL"))
+    decided_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

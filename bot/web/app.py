@@ -16,6 +16,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from bot.db import make_engine, sessions, upgrade
 from bot.engine_client import EngineClient
+from bot.helpdesk import HelpDesk
 from bot.knowledge import KnowledgeBase
 from bot.pipeline import Assistant
 from bot.ports import Connector
@@ -73,6 +74,12 @@ def build_assistant(settings: Settings, connectors: Mapping[str, Connector] | No
     )
 
 
+def build_helpdesk(settings: Settings, assistant: Assistant) -> HelpDesk:
+    """The staff-side service (``app.state.helpdesk``) over the same storage and connectors."""
+    drafts = settings.kb_drafts_dir or settings.knowledge_base / "drafts"
+    return HelpDesk(assistant, None, drafts)
+
+
 async def _retry_loop(assistant: Assistant, interval: float) -> None:
     while True:
         try:
@@ -111,6 +118,7 @@ def create_app(
     app = FastAPI(title="Consultation assistant", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.assistant = assistant
     app.state.settings = settings
+    app.state.helpdesk = build_helpdesk(settings, assistant)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
