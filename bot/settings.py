@@ -60,6 +60,12 @@ class Settings(BaseSettings):
     console_login_window_minutes: int = 15
     console_page_size: int = 50
 
+    # Machine translation (bot/translation.py): argos packages installed from local .argosmodel files
+    translation_dir: Path | None = None
+    """argos folder (packages in ``packages/``); default ``<data_dir>/argos``."""
+    translation_threads: int = 1
+    """CPU threads per translation model."""
+
     def resolved_database_url(self) -> str:
         """``DATABASE_URL`` when set, else an SQLite file under the data folder."""
         if self.database_url:
