@@ -39,6 +39,9 @@ MAX_DELIVERY_ATTEMPTS = 8
 RETRY_BACKOFF = (2.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0)
 """Seconds before delivery attempt 2, 3, ...; the platform's Retry-After wins when it is longer."""
 THINKING_TIMEOUT = 2.0
+FEEDBACK_PAYLOAD = "/feedback"
+OPEN_CASE = ("open", "assigned", "waiting")
+JAPANESE = ("ja", "ja-easy")
 
 
 @dataclass(frozen=True)
@@ -396,10 +399,20 @@ class Assistant:
                 if hint:
                     identity.language_hint = hint
         text = (message.text or "") if kind == "text" else ""
-        language, detected = resolve(text, user.language, user.detected_language, identity.language_hint)
+        is_payload = text.startswith("/")
+        language, detected = resolve(
+            "" if is_payload else text, user.language, user.detected_language, identity.language_hint
+        )
         if detected:
             user.detected_language = detected
         message.language = language
+
+        if kind != "delete_data":
+            self._attach_to_case(session, conversation, message, language)
+            if conversation.handler == "staff":
+                return self._with_staff(session, message, conversation, user, identity, language, text), None
+        if text.startswith(FEEDBACK_PAYLOAD):
+            return self._feedback(session, message, conversation, user, identity, language, text), None
 
         if kind == "welcome":
             return [self._msg("welcome", language, self._language_buttons())], None
@@ -411,7 +424,7 @@ class Assistant:
             return [self._msg("language_menu", language, self._language_buttons())], None
         if kind == "staff":
             conversation.failed_understandings = 0
-            return [self._handoff(session, conversation, user, identity, language)], None
+            return [self._handoff(session, conversation, user, identity, language, "requested")], None
         if kind == "delete_data":
             self._delete_data(session, message, user, identity)
             return [self._msg("data_deleted", language)], None
@@ -471,7 +484,11 @@ class Assistant:
             for related in entry.related
             if related in self.kb.entries
         )[:SUGGESTIONS]
-        return Reply(text=f"{body}\n\n{checked}", buttons=buttons, key=f"faq:{entry_id}")
+        feedback = (
+            Button(self.kb.message("button_helpful", language), feedback_payload(entry_id, True)),
+            Button(self.kb.message("button_not_helpful", language), feedback_payload(entry_id, False)),
+        )
+        return Reply(text=f"{body}\n\n{checked}", buttons=buttons + feedback, key=f"faq:{entry_id}")
 
     def _render(
         self,
@@ -494,6 +511,9 @@ class Assistant:
             elif custom.get("suggest"):
                 conversation.failed_understandings += 1
                 replies.append(self._suggest(reply, language))
+            elif custom.get("offer_staff") and reply.intent == "nlu_fallback":
+                conversation.failed_understandings = 0  # the second failure in a row: a case, no question
+                replies.append(self._handoff(session, conversation, user, identity, language, "fallback"))
             elif custom.get("offer_staff"):
                 conversation.failed_understandings += 1
                 replies.append(
@@ -508,7 +528,8 @@ class Assistant:
                 )
             elif custom.get("handoff"):
                 conversation.failed_understandings = 0
-                replies.append(self._handoff(session, conversation, user, identity, language))
+                reason = "fallback" if reply.intent == "affirm" else "requested"
+                replies.append(self._handoff(session, conversation, user, identity, language, reason))
             elif custom.get("language_menu"):
                 replies.append(self._msg("language_menu", language, self._language_buttons()))
             elif "message" in custom:
@@ -522,18 +543,93 @@ class Assistant:
         return [Button(self.kb.language_label(code), self.kb.language_label(code)) for code in LANGUAGES]
 
     def _handoff(
-        self, session: Session, conversation: Conversation, user: User, identity: Identity, language: str
+        self,
+        session: Session,
+        conversation: Conversation,
+        user: User,
+        identity: Identity,
+        language: str,
+        reason: str,
+        topic: str | None = None,
     ) -> Reply:
-        self._escalate(session, conversation, user, identity, "requested", urgent=False, language=language)
+        self._escalate(session, conversation, user, identity, reason, urgent=False, language=language, topic=topic)
+        return self._msg("handoff_created", language, when=self.when_staff_reply(language))
+
+    def when_staff_reply(self, language: str) -> str:
+        """"Staff are working now" or, out of hours, when they next start, in ``language``."""
         now = self.clock()
-        when = (
-            self.kb.message("handoff_when_open", language)
-            if self.hours.is_open(now)
-            else self.kb.message(
-                "handoff_when_closed", language, next_open=self.hours.describe_next_open(now, language)
-            )
+        if self.hours.is_open(now):
+            return self.kb.message("handoff_when_open", language)
+        return self.kb.message("handoff_when_closed", language, next_open=self.hours.describe_next_open(now, language))
+
+    def _feedback(
+        self,
+        session: Session,
+        message: Message,
+        conversation: Conversation,
+        user: User,
+        identity: Identity,
+        language: str,
+        text: str,
+    ) -> list[Reply]:
+        """A thumbs-up or thumbs-down on an answer, handled here (never sent to the engine)."""
+        try:
+            data = json.loads(text[len(FEEDBACK_PAYLOAD):] or "{}")
+        except ValueError:
+            data = {}
+        if not isinstance(data, dict):
+            data = {}
+        entry_id = str(data.get("answer") or "")
+        helpful = data.get("helpful") is True
+        message.intent = "feedback_helpful" if helpful else "feedback_not_helpful"
+        message.payload = {"feedback": {"answer": entry_id, "helpful": helpful}}
+        log.info("feedback helpful=%s answer=%s conversation=%s", helpful, entry_id or "-", conversation.id)
+        if helpful:
+            return [self._msg("feedback_thanks", language)]
+        topic = entry_id if entry_id in self.kb.entries else None
+        return [self._handoff(session, conversation, user, identity, language, "feedback", topic=topic)]
+
+    # ------------------------------------------------------------------ while staff hold the conversation
+
+    def _attach_to_case(
+        self, session: Session, conversation: Conversation, message: Message, language: str
+    ) -> Escalation | None:
+        """A user message joins the conversation's open case: staff get it in Japanese, and it reopens the case."""
+        case = session.scalar(
+            select(Escalation)
+            .where(Escalation.conversation_id == conversation.id, Escalation.status.in_(OPEN_CASE))
+            .order_by(Escalation.id.desc())
+            .limit(1)
         )
-        return self._msg("handoff_created", language, when=when)
+        if case is None:
+            return None
+        mark_for_staff(message, language)
+        if case.status == "waiting" and message.direction == "in":
+            case.status = "open"
+        case.updated_at = utcnow()
+        return case
+
+    def _with_staff(
+        self,
+        session: Session,
+        message: Message,
+        conversation: Conversation,
+        user: User,
+        identity: Identity,
+        language: str,
+        text: str,
+    ) -> list[Reply]:
+        """Staff hold the conversation: the assistant is silent, except the safety net and one notice."""
+        message.status = "staff"
+        emergency = self.safety.check(text) if has_words(text) else None
+        if emergency is not None:
+            self._escalate(session, conversation, user, identity, "safety", urgent=True, language=language)
+            log.warning("safety net: kind=%s conversation=%s (with staff)", emergency.kind, conversation.id)
+            return [self._msg(f"emergency_{emergency.kind}", language), self._msg("emergency_followup", language)]
+        if conversation.staff_notice_sent:
+            return []
+        conversation.staff_notice_sent = True
+        return [self._msg("staff_handling", language)]
 
     def _delete_data(self, session: Session, message: Message, user: User, identity: Identity) -> None:
         """Delete what the user told us and what we learnt about them.
@@ -586,7 +682,26 @@ class Assistant:
         reason: str,
         urgent: bool,
         language: str,
+        topic: str | None = None,
     ) -> Escalation:
+        """Open a case for the conversation, or update its open one (one open case per conversation)."""
+        existing = session.scalar(
+            select(Escalation)
+            .where(Escalation.conversation_id == conversation.id, Escalation.status.in_(OPEN_CASE))
+            .order_by(Escalation.id.desc())
+            .limit(1)
+        )
+        if existing is not None:
+            existing.urgent = existing.urgent or urgent
+            if existing.status == "waiting":
+                existing.status = "open"
+            if topic:
+                existing.topic, existing.category = self._topic(topic)
+            existing.updated_at = utcnow()
+            log.info("escalation=%s updated reason=%s urgent=%s conversation=%s", existing.id, reason, urgent,
+                     conversation.id)
+            return existing
+        session.flush()
         rows = session.scalars(
             select(Message)
             .where(Message.conversation_id == conversation.id)
@@ -606,6 +721,12 @@ class Assistant:
             }
             for row in reversed(rows)
         ]
+        for row in rows:
+            if row.direction == "in":
+                mark_for_staff(row, row.language or language)
+        if topic is None:
+            topic = self._last_topic(rows)
+        entry_topic, category = self._topic(topic) if topic else (None, None)
         escalation = Escalation(
             conversation_id=conversation.id,
             user_id=user.id,
@@ -614,11 +735,37 @@ class Assistant:
             language=language,
             platform=identity.platform,
             transcript=transcript,
+            topic=entry_topic,
+            category=category,
+            night=not self.hours.is_open(self.clock()),
+            first_message_id=min((row.id for row in rows), default=None),
         )
         session.add(escalation)
         session.flush()
         log.info("escalation=%s reason=%s urgent=%s conversation=%s", escalation.id, reason, urgent, conversation.id)
         return escalation
+
+    def _topic(self, key: str) -> tuple[str | None, str | None]:
+        """``(topic, category)`` of a knowledge-base entry id, or ``(key, None)`` for an intent."""
+        entry = self.kb.entries.get(key)
+        if entry is not None:
+            return entry.topic, entry.category
+        return key[:128], None
+
+    def _last_topic(self, rows: Sequence[Message]) -> str | None:
+        """The entry the assistant last answered or ranked first, else the last intent (rows: newest first)."""
+        for row in rows:
+            key = str((row.payload or {}).get("key") or "")
+            if row.direction == "out" and key.startswith("faq:"):
+                return key[4:]
+            if row.direction == "in":
+                ranking = ((row.payload or {}).get("parse") or {}).get("faq_ranking") or []
+                first = ranking[0].get("key") if ranking and isinstance(ranking[0], dict) else None
+                if isinstance(first, str) and "/" in first:
+                    return first.split("/", 1)[1]
+                if row.intent and row.intent not in ("nlu_fallback", "ask_human", "affirm", "deny"):
+                    return row.intent
+        return None
 
     # ------------------------------------------------------------------ language names
 
@@ -712,6 +859,23 @@ def reply_from_row(row: Message) -> Reply:
     payload = row.payload or {}
     buttons = tuple(Button(b["title"], b["payload"]) for b in payload.get("buttons") or [])
     return Reply(text=row.text, buttons=buttons, key=str(payload.get("key") or ""), message_id=row.id)
+
+
+def feedback_payload(entry_id: str, helpful: bool) -> str:
+    return FEEDBACK_PAYLOAD + json.dumps({"answer": entry_id, "helpful": helpful}, separators=(",", ":"))
+
+
+def mark_for_staff(message: Message, language: str) -> None:
+    """Queue a user message's Japanese for staff (Japanese needs none; the worker translates the rest)."""
+    if message.translation_status is not None or message.direction != "in":
+        return
+    text = message.text or ""
+    if not has_words(text) or text.startswith("/"):
+        return
+    if language in JAPANESE:
+        message.text_ja, message.translated_by, message.translation_status = text, "original", "done"
+    else:
+        message.translation_status = "pending"
 
 
 def choose_payload(entry_id: str) -> str:

@@ -74,6 +74,8 @@ def upgrade() -> None:
         sa.ForeignKeyConstraint(["created_by"], ["staff_users.id"], ondelete="SET NULL"),
         sa.PrimaryKeyConstraint("id"),
     )
+    with op.batch_alter_table("conversations", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("staff_notice_sent", sa.Boolean(), nullable=False, server_default=sa.false()))
     with op.batch_alter_table("messages", schema=None) as batch_op:
         batch_op.add_column(sa.Column("text_ja", sa.Text(), nullable=True))
         batch_op.add_column(sa.Column("translated_by", sa.String(length=32), nullable=True))
@@ -129,6 +131,8 @@ def downgrade() -> None:
         batch_op.drop_constraint("fk_messages_staff_id", type_="foreignkey")
         for column in ("staff_id", "translation_status", "translated_by", "text_ja"):
             batch_op.drop_column(column)
+    with op.batch_alter_table("conversations", schema=None) as batch_op:
+        batch_op.drop_column("staff_notice_sent")
     op.drop_table("canned_replies")
     with op.batch_alter_table("audit_log", schema=None) as batch_op:
         batch_op.drop_index("ix_audit_log_staff_id")

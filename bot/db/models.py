@@ -73,6 +73,8 @@ class Conversation(Base):
     identity_id: Mapped[int] = mapped_column(ForeignKey("identities.id", ondelete="CASCADE"), index=True)
     handler: Mapped[str] = mapped_column(String(16), default="bot")
     failed_understandings: Mapped[int] = mapped_column(Integer, default=0)
+    staff_notice_sent: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    """While staff hold the conversation: the user has been told so (once per hand-over)."""
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     last_activity: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
