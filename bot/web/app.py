@@ -22,6 +22,8 @@ from bot.pipeline import Assistant
 from bot.ports import Connector
 from bot.safety import SafetyNet
 from bot.settings import Settings
+from bot.web.api import install as install_api
+from bot.web.console import install as install_console
 from connectors.rest import RestConnector
 from connectors.rest import router as rest_router
 
@@ -132,6 +134,8 @@ def create_app(
     app.include_router(rest_router(assistant))
     for channel in channels:
         app.include_router(channel.router(assistant))
+    install_console(app, settings, app.state.helpdesk)
+    install_api(app, settings, app.state.helpdesk)
 
     @app.get("/", response_class=HTMLResponse)
     async def web_chat() -> HTMLResponse:
