@@ -6,16 +6,22 @@ APP := .venv
 ENGINE := .venv-rasa
 export RASA_TELEMETRY_ENABLED := false
 
-.PHONY: run test setup train kb-check lint bench-latency bench-accuracy bench-webhooks clean
+.PHONY: run test setup chromium train kb-check lint bench-latency bench-accuracy bench-webhooks bench-queue clean
 
 run: setup
 	$(APP)/bin/python -m bot run
 
-test: setup kb-check lint
+test: setup chromium kb-check lint
 	$(APP)/bin/python -m bot train
 	$(APP)/bin/python -m pytest
 
 setup: $(APP)/.installed $(ENGINE)/.installed
+
+# The console's browser tests drive Debian's Chromium with Playwright (never `playwright install`).
+chromium:
+	@test -x /usr/bin/chromium || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -q && apt-get install -y -q chromium; \
+	  else sudo apt-get update -q && sudo apt-get install -y -q chromium; fi; }
 
 $(ENGINE)/.installed: constraints/engine.txt
 	@test -x "$(PY310)" || { echo "Python 3.10 not found (pyenv prefix 3.10); Rasa 3.6 needs it"; exit 1; }
@@ -47,6 +53,9 @@ bench-latency: setup
 
 bench-webhooks: $(APP)/.installed
 	$(APP)/bin/python bench/webhook_ack.py
+
+bench-queue: $(APP)/.installed
+	$(APP)/bin/python bench/queue_page.py
 
 bench-accuracy: setup
 	$(APP)/bin/python bench/accuracy.py
