@@ -440,7 +440,7 @@ class Assistant:
 
         emergency = self.safety.check(text)
         if emergency is not None:
-            self._escalate(session, conversation, user, identity, "safety", urgent=True, language=language)
+            self.escalate(session, conversation, user, identity, "safety", urgent=True, language=language)
             log.warning("safety net: kind=%s conversation=%s", emergency.kind, conversation.id)
             return [self._msg(f"emergency_{emergency.kind}", language), self._msg("emergency_followup", language)], None
 
@@ -552,7 +552,7 @@ class Assistant:
         reason: str,
         topic: str | None = None,
     ) -> Reply:
-        self._escalate(session, conversation, user, identity, reason, urgent=False, language=language, topic=topic)
+        self.escalate(session, conversation, user, identity, reason, urgent=False, language=language, topic=topic)
         return self._msg("handoff_created", language, when=self.when_staff_reply(language))
 
     def when_staff_reply(self, language: str) -> str:
@@ -623,7 +623,7 @@ class Assistant:
         message.status = "staff"
         emergency = self.safety.check(text) if has_words(text) else None
         if emergency is not None:
-            self._escalate(session, conversation, user, identity, "safety", urgent=True, language=language)
+            self.escalate(session, conversation, user, identity, "safety", urgent=True, language=language)
             log.warning("safety net: kind=%s conversation=%s (with staff)", emergency.kind, conversation.id)
             return [self._msg(f"emergency_{emergency.kind}", language), self._msg("emergency_followup", language)]
         if conversation.staff_notice_sent:
@@ -673,7 +673,7 @@ class Assistant:
 
     # ------------------------------------------------------------------ escalations
 
-    def _escalate(
+    def escalate(
         self,
         session: Session,
         conversation: Conversation,

@@ -22,6 +22,7 @@ from bot.pipeline import Assistant
 from bot.ports import Connector
 from bot.safety import SafetyNet
 from bot.settings import Settings
+from bot.translation import Translator
 from bot.web.api import install as install_api
 from bot.web.console import install as install_console
 from connectors.rest import RestConnector
@@ -79,14 +80,15 @@ def build_assistant(settings: Settings, connectors: Mapping[str, Connector] | No
 def build_helpdesk(settings: Settings, assistant: Assistant) -> HelpDesk:
     """The staff-side service (``app.state.helpdesk``) over the same storage and connectors."""
     drafts = settings.kb_drafts_dir or settings.knowledge_base / "drafts"
-    return HelpDesk(assistant, None, drafts)
+    return HelpDesk(assistant, Translator.from_settings(settings), drafts)
 
 
-async def _retry_loop(assistant: Assistant, interval: float) -> None:
+async def _retry_loop(assistant: Assistant, helpdesk: HelpDesk, interval: float) -> None:
     while True:
         try:
             await assistant.retry_waiting()
             await assistant.retry_deliveries()
+            await helpdesk.translate_pending()
         except Exception:  # the worker must outlive any one failure
             log.exception("retry worker round failed")
         await asyncio.sleep(interval)
@@ -99,9 +101,13 @@ def create_app(
     channels = list(configured_channels(settings) if channels is None else channels)
     assistant = assistant or build_assistant(settings, {c.connector.platform: c.connector for c in channels})
 
+    helpdesk = build_helpdesk(settings, assistant)
+
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        worker = asyncio.create_task(_retry_loop(assistant, settings.retry_interval))
+        if isinstance(helpdesk.translator, Translator) and helpdesk.translator.installed_pairs():
+            helpdesk.translator.start()  # loads argostranslate in a thread, off the request path
+        worker = asyncio.create_task(_retry_loop(assistant, helpdesk, settings.retry_interval))
         for channel in channels:
             await channel.start(assistant)
         try:
@@ -120,7 +126,7 @@ def create_app(
     app = FastAPI(title="Consultation assistant", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.assistant = assistant
     app.state.settings = settings
-    app.state.helpdesk = build_helpdesk(settings, assistant)
+    app.state.helpdesk = helpdesk
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
