@@ -7,6 +7,8 @@ train      train the Rasa model if its inputs changed (--force to always)
 kb-check   validate the knowledge base, the catalog and the training data
 db-upgrade bring the database to the newest schema
 chat       talk to a running app in the terminal
+create-admin  create a staff account (admin by default): --login NAME [--staff] [--password-stdin]
+create-token  print a new API token for a staff account: --login NAME [--label TEXT]
 """
 
 from __future__ import annotations
@@ -200,6 +202,65 @@ def _chat(url: str, sender: str) -> int:
             buttons = show(data) if isinstance(data, list) else show([{"text": data.get("error", "")}])
 
 
+def _read_password(from_stdin: bool) -> str:
+    if from_stdin:
+        return sys.stdin.readline().rstrip("\n")
+    import getpass
+
+    password = getpass.getpass("Password: ")
+    if getpass.getpass("Repeat: ") != password:
+        raise SystemExit("the passwords differ")
+    return password
+
+
+def _create_admin(settings: Settings, login: str, display_name: str, role: str, from_stdin: bool) -> int:
+    from bot.db import make_engine, sessions, upgrade
+    from bot.staff import StaffError, audit, create_staff
+
+    url = settings.resolved_database_url()
+    upgrade(url)
+    password = _read_password(from_stdin)
+    engine = make_engine(url)
+    try:
+        with sessions(engine)() as session:
+            try:
+                staff = create_staff(session, login, password, display_name=display_name, role=role)
+            except StaffError as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                return 1
+            audit(session, None, "staff_create", ("staff", staff.id), {"role": role, "by": "command line"})
+            session.commit()
+    finally:
+        engine.dispose()
+    print(f"created {role} {staff.login!r} (id {staff.id})")
+    return 0
+
+
+def _create_token(settings: Settings, login: str, label: str) -> int:
+    from sqlalchemy import select
+
+    from bot.db import make_engine, sessions, upgrade
+    from bot.db.models import StaffUser
+    from bot.staff import audit, create_token
+
+    url = settings.resolved_database_url()
+    upgrade(url)
+    engine = make_engine(url)
+    try:
+        with sessions(engine)() as session:
+            staff_id = session.scalar(select(StaffUser.id).where(StaffUser.login == login, StaffUser.active))
+            if staff_id is None:
+                print(f"error: no active staff account {login!r}", file=sys.stderr)
+                return 1
+            token = create_token(session, staff_id, label)
+            audit(session, staff_id, "token_create", ("staff", staff_id), {"label": label, "by": "command line"})
+            session.commit()
+    finally:
+        engine.dispose()
+    print(token)  # shown once; only its hash is stored
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bot", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -214,6 +275,14 @@ def main(argv: list[str] | None = None) -> int:
     chat = sub.add_parser("chat")
     chat.add_argument("--url", default=None)
     chat.add_argument("--sender", default=f"cli-{os.getpid()}-{int(time.time())}")
+    admin = sub.add_parser("create-admin", help="create a staff account (no default password exists)")
+    admin.add_argument("--login", required=True)
+    admin.add_argument("--name", default="", help="display name (default: the login)")
+    admin.add_argument("--staff", action="store_true", help="role staff instead of admin")
+    admin.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+    token = sub.add_parser("create-token", help="print a new API token for a staff account")
+    token.add_argument("--login", required=True)
+    token.add_argument("--label", default="")
     args = parser.parse_args(argv)
     settings = Settings()
     _configure_logging(settings.log_level)
@@ -234,6 +303,10 @@ def main(argv: list[str] | None = None) -> int:
 
         upgrade(settings.resolved_database_url())
         return 0
+    if args.command == "create-admin":
+        return _create_admin(settings, args.login, args.name, "staff" if args.staff else "admin", args.password_stdin)
+    if args.command == "create-token":
+        return _create_token(settings, args.login, args.label)
     if args.command == "chat":
         return _chat(args.url or f"http://{settings.host}:{settings.port}", args.sender)
     return 2
