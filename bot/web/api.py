@@ -51,6 +51,26 @@ class AssignBody(BaseModel):
     assignee_id: int | None = Field(default=None, ge=1, description="Omitted: the token's owner.")
 
 
+def bearer(request: Request) -> StaffMember:
+    """The staff member whose token authorises this call (401 otherwise)."""
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if not header:
+        raise ApiError(401, "missing Authorization: Bearer <token>")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise ApiError(401, "the Authorization header must be 'Bearer <token>'")
+    helpdesk: HelpDesk = request.app.state.helpdesk
+    with helpdesk.assistant.sessions() as db:
+        staff = staff_accounts.verify_token(db, token.strip())
+    if staff is None:
+        log.info("API call with an unknown or revoked token")
+        raise ApiError(401, "unknown or revoked token")
+    return staff
+
+
+Staff = Annotated[StaffMember, Depends(bearer)]
+
+
 def as_json(value: Any) -> Any:
     if is_dataclass(value) and not isinstance(value, type):
         value = asdict(value)
@@ -59,22 +79,6 @@ def as_json(value: Any) -> Any:
 
 def router(helpdesk: HelpDesk, settings: Settings) -> APIRouter:
     api = APIRouter(prefix="/api/v1", tags=["staff API"])
-
-    def bearer(request: Request) -> StaffMember:
-        header = request.headers.get("authorization", "")
-        scheme, _, token = header.partition(" ")
-        if not header:
-            raise ApiError(401, "missing Authorization: Bearer <token>")
-        if scheme.lower() != "bearer" or not token.strip():
-            raise ApiError(401, "the Authorization header must be 'Bearer <token>'")
-        with helpdesk.assistant.sessions() as db:
-            staff = staff_accounts.verify_token(db, token.strip())
-        if staff is None:
-            log.info("API call with an unknown or revoked token")
-            raise ApiError(401, "unknown or revoked token")
-        return staff
-
-    Staff = Annotated[StaffMember, Depends(bearer)]
 
     @api.get("/escalations")
     def list_escalations(request: Request, staff: Staff) -> JSONResponse:

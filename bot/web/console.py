@@ -430,7 +430,11 @@ def install(app: FastAPI, settings: Settings, helpdesk: HelpDesk) -> Console:
     router = APIRouter(prefix="/console", include_in_schema=False)
     get, post = router.get, router.post
 
-    get("/", response_class=HTMLResponse)(lambda: RedirectResponse("/console/queue", status_code=303))
+    @get("/", response_class=HTMLResponse)
+    def home(request: Request) -> Response:
+        visit, _ = console.signed_in(request)
+        return console.redirect(visit, "/console/queue")
+
     get("/login", response_class=HTMLResponse)(console.login_form)
     post("/login")(console.login)
     post("/logout")(console.logout)

@@ -75,8 +75,8 @@ def test_staff_cannot_open_admin_pages(page: Page, console: Console) -> None:
 
 
 def test_html_a_user_wrote_is_shown_as_text_in_the_case(page: Page, console: Console) -> None:
-    answer = httpx.post(f"{console.url}/webhooks/rest/webhook", json={"sender": "u-html", "message": EMERGENCY_WITH_HTML},
-                        timeout=30)
+    answer = httpx.post(f"{console.url}/webhooks/rest/webhook",
+                        json={"sender": "u-html", "message": EMERGENCY_WITH_HTML}, timeout=30)
     assert answer.status_code == 200
     console.add_staff("kato", role="admin")
     dialogs: list[str] = []
