@@ -347,7 +347,7 @@ class HelpDesk:
 
     @staticmethod
     def _counts(session: Session, ids: Sequence[int]) -> dict[int, tuple[int, int]]:
-        """Per case: messages since it opened, and user messages after the last staff reply."""
+        """Per case: messages since it opened, and user text messages after the last staff reply."""
         staff_messages = aliased(Message)
         last_staff = (
             select(staff_messages.conversation_id, func.max(staff_messages.id).label("last_id"))
@@ -357,7 +357,9 @@ class HelpDesk:
             .subquery()
         )
         unanswered = case(
-            (and_(Message.direction == "in", Message.id > func.coalesce(last_staff.c.last_id, 0)), 1), else_=0
+            (and_(Message.direction == "in", Message.kind == "text",
+                  Message.id > func.coalesce(last_staff.c.last_id, 0)), 1),
+            else_=0,
         )
         result = session.execute(
             select(Escalation.id, func.count(Message.id), func.coalesce(func.sum(unanswered), 0))
