@@ -197,6 +197,6 @@ def test_a_question_is_answered_or_the_best_answers_are_offered(user: Driver, kb
         (shown,) = user.press(shown, title)
     assert shown.text == answer_text(kb, "lost_residence_card", "en")
     related = [kb.title(r, "en") for r in kb.entries["lost_residence_card"].related][:3]
-    assert list(shown.buttons) == related
+    assert list(shown.buttons) == [*related, kb.message("button_helpful", "en"), kb.message("button_not_helpful", "en")]
     (follow,) = user.press(shown, related[0])
     assert follow.text == answer_text(kb, kb.entries["lost_residence_card"].related[0], "en")

@@ -42,7 +42,10 @@ def test_lost_residence_card_is_answered_in_the_users_language(
     assert [r["text"] for r in replies] == [answer_text(kb, "lost_residence_card", language)]
     assert "在留カード" in replies[0]["text"], "the official Japanese term stays in every language"
     related = [b["title"] for b in replies[0].get("buttons", [])]
-    assert related == [kb.title(r, language) for r in kb.entries["lost_residence_card"].related][:3]
+    assert related == [
+        *[kb.title(r, language) for r in kb.entries["lost_residence_card"].related][:3],
+        kb.message("button_helpful", language), kb.message("button_not_helpful", language),
+    ]
 
 
 def test_related_button_opens_that_answer(client: TestClient, kb: KnowledgeBase) -> None:
