@@ -9,6 +9,7 @@ db-upgrade bring the database to the newest schema
 chat       talk to a running app in the terminal
 create-admin  create a staff account (admin by default): --login NAME [--staff] [--password-stdin]
 create-token  print a new API token for a staff account: --login NAME [--label TEXT]
+translation   offline translation packages: install FILE.argosmodel... | list
 """
 
 from __future__ import annotations
@@ -262,6 +263,9 @@ def _create_token(settings: Settings, login: str, label: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if (sys.argv[1:] if argv is None else argv)[:1] == ["translation"]:
+        from bot.translation_cli import main as translation_main
+        return translation_main((sys.argv[1:] if argv is None else argv)[1:])
     parser = argparse.ArgumentParser(prog="python -m bot", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)

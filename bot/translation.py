@@ -341,7 +341,10 @@ def _argos_packages_dir(argos: Any, packages_dir: Path) -> Iterator[None]:
 
 
 class _Argos:
-    """The imported argostranslate modules, as one handle."""
+    """The imported argostranslate modules, as one handle.
+
+    argos logs the sentences it translates at INFO: its logger is kept at WARNING (no message bodies).
+    """
 
     def __init__(self) -> None:
         import argostranslate.package
@@ -351,6 +354,7 @@ class _Argos:
         self.package = argostranslate.package
         self.settings = argostranslate.settings
         self.translate = argostranslate.translate
+        logging.getLogger("argostranslate.utils").setLevel(logging.WARNING)
 
 
 _ARGOS: _Argos | None = None
