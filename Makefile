@@ -4,6 +4,8 @@ PY311 ?= $(shell command -v python3.11 || command -v python3)
 PY310 ?= $(shell (pyenv prefix 3.10 2>/dev/null || ls -d $$HOME/.pyenv/versions/3.10* 2>/dev/null | tail -n 1))/bin/python3.10
 APP := .venv
 ENGINE := .venv-rasa
+# e.g. https://download.pytorch.org/whl/cpu where the default index has only CUDA builds of torch
+TORCH_INDEX ?=
 export RASA_TELEMETRY_ENABLED := false
 
 .PHONY: run test setup chromium train kb-check lint bench-latency bench-accuracy bench-webhooks bench-queue clean
@@ -31,10 +33,14 @@ $(ENGINE)/.installed: constraints/engine.txt
 	$(ENGINE)/bin/python -m pip check
 	touch $@
 
+# CPU torch first (argostranslate -> stanza -> torch; unpinned, pip takes a multi-GB CUDA build).
+# argostranslate's wheel ships a top-level "tests" package that would shadow ours: removed.
 $(APP)/.installed: pyproject.toml constraints/app.txt
 	test -d $(APP) || $(PY311) -m venv $(APP)
 	$(APP)/bin/python -m pip install -q --upgrade pip
+	$(APP)/bin/python -m pip install -q -c constraints/app.txt torch==2.13.0 $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(APP)/bin/python -m pip install -q -c constraints/app.txt -e '.[dev]'
+	rm -rf $(APP)/lib/python3*/site-packages/tests
 	$(APP)/bin/python -m pip check
 	touch $@
 
