@@ -290,7 +290,7 @@ class HelpDesk:
     def queue(self, filters: QueueFilter = QueueFilter(), page: int = 1, per_page: int = QUEUE_PAGE_SIZE) -> QueuePage:
         """One page of the queue: urgent first, then night cases, then oldest.
 
-        Paginated in SQL; four queries whatever the page size (count, page, counts, summaries).
+        Paginated in SQL; at most five queries whatever the page size (count, page, counts, summaries).
         """
         page = max(1, page)
         per_page = min(max(1, per_page), 200)
@@ -347,59 +347,49 @@ class HelpDesk:
 
     @staticmethod
     def _counts(session: Session, ids: Sequence[int]) -> dict[int, tuple[int, int]]:
-        """Per case: messages since it opened, and user text messages after the last staff reply."""
-        staff_messages = aliased(Message)
+        """Per case: messages since it opened, and user text messages after the last staff reply.
+
+        Correlated subqueries that filter on ``(conversation_id, id)`` only (the rest is counted with
+        CASE), so each is an index range scan for one page row, whatever the planner's statistics say.
+        """
+        since = func.coalesce(Escalation.first_message_id, 0)
+        staff_message = aliased(Message)
         last_staff = (
-            select(staff_messages.conversation_id, func.max(staff_messages.id).label("last_id"))
-            .join(Escalation, Escalation.conversation_id == staff_messages.conversation_id)
-            .where(Escalation.id.in_(ids), staff_messages.staff_id.is_not(None))
-            .group_by(staff_messages.conversation_id)
-            .subquery()
+            select(func.coalesce(func.max(case((staff_message.staff_id.is_not(None), staff_message.id))), 0))
+            .where(staff_message.conversation_id == Escalation.conversation_id, staff_message.id >= since)
+            .correlate_except(staff_message)
+            .scalar_subquery()
         )
-        unanswered = case(
-            (and_(Message.direction == "in", Message.kind == "text",
-                  Message.id > func.coalesce(last_staff.c.last_id, 0)), 1),
-            else_=0,
+        from_user = and_(Message.direction == "in", Message.kind == "text", Message.id > last_staff)
+        counts = (
+            select(func.count(Message.id), func.count(case((from_user, Message.id))))
+            .where(Message.conversation_id == Escalation.conversation_id, Message.id >= since)
         )
-        result = session.execute(
-            select(Escalation.id, func.count(Message.id), func.coalesce(func.sum(unanswered), 0))
-            .join(
-                Message,
-                and_(
-                    Message.conversation_id == Escalation.conversation_id,
-                    Message.id >= func.coalesce(Escalation.first_message_id, 0),
-                ),
-            )
-            .outerjoin(last_staff, last_staff.c.conversation_id == Escalation.conversation_id)
-            .where(Escalation.id.in_(ids))
-            .group_by(Escalation.id)
-        ).all()
-        return {row[0]: (int(row[1]), int(row[2])) for row in result}
+        total = counts.with_only_columns(func.count(Message.id)).scalar_subquery()
+        unanswered = counts.with_only_columns(func.count(case((from_user, Message.id)))).scalar_subquery()
+        result = session.execute(select(Escalation.id, total, unanswered).where(Escalation.id.in_(ids))).all()
+        return {row[0]: (int(row[1] or 0), int(row[2] or 0)) for row in result}
 
     @staticmethod
     def _first_texts(session: Session, ids: Sequence[int]) -> dict[int, str]:
         """The first user message of each case, as written (for cases not summarised in Japanese yet)."""
-        first = (
-            select(Escalation.id.label("escalation_id"), func.min(Message.id).label("message_id"))
-            .join(
-                Message,
-                and_(
-                    Message.conversation_id == Escalation.conversation_id,
-                    Message.id >= func.coalesce(Escalation.first_message_id, 0),
-                    Message.direction == "in",
-                    Message.kind == "text",
-                    Message.text != "",
-                    ~Message.text.startswith("/"),
-                ),
-            )
-            .where(Escalation.id.in_(ids))
-            .group_by(Escalation.id)
-            .subquery()
+        written = and_(
+            Message.direction == "in", Message.kind == "text", Message.text != "", ~Message.text.startswith("/")
         )
-        rows = session.execute(
-            select(first.c.escalation_id, Message.text, Message.text_ja).join(Message, Message.id == first.c.message_id)
-        ).all()
-        return {row[0]: _short(row[2] or row[1]) for row in rows}
+        first = (
+            select(func.min(case((written, Message.id))))
+            .where(
+                Message.conversation_id == Escalation.conversation_id,
+                Message.id >= func.coalesce(Escalation.first_message_id, 0),
+            )
+            .scalar_subquery()
+        )
+        firsts = {row[1]: row[0] for row in session.execute(select(Escalation.id, first).where(Escalation.id.in_(ids)))
+                  if row[1] is not None}
+        if not firsts:
+            return {}
+        rows = session.execute(select(Message.id, Message.text, Message.text_ja).where(Message.id.in_(firsts))).all()
+        return {firsts[row[0]]: _short(row[2] or row[1]) for row in rows}
 
     def topics(self) -> list[str]:
         """Topics present among unresolved cases (for the filter's choices)."""
