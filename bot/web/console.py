@@ -83,6 +83,14 @@ class Console:
         self.templates.filters["jst"] = self._local_time
         self.templates.globals.update(STATUSES=STATUSES, REASONS=REASONS, ACTIONS=ACTIONS)
         self.zone = helpdesk.assistant.hours.zone
+        kb = helpdesk.assistant.kb
+        self.topic_titles = {entry_id: kb.title(entry_id, "ja") for entry_id in kb.entries}
+        self.topic_choices: list[tuple[str, list[tuple[str, str]]]] = []
+        """The topic filter's choices: knowledge-base entries by category (no query per page)."""
+        for category in sorted({entry.category for entry in kb.entries.values()}):
+            entries = sorted((e.id for e in kb.entries.values() if e.category == category),
+                             key=lambda entry_id: self.topic_titles[entry_id])
+            self.topic_choices.append((category, [(entry_id, self.topic_titles[entry_id]) for entry_id in entries]))
 
     # ------------------------------------------------------------------ plumbing
 
@@ -226,7 +234,7 @@ class Console:
         query = {k: v for k, v in chosen.items() if v}
         return self.page(
             visit, "queue.html", nav="queue", result=result, chosen=chosen, ages=AGES,
-            languages=self.helpdesk.language_choices(), topics=self.helpdesk.topics(),
+            languages=self.helpdesk.language_choices(), topics=self.topic_choices, topic_titles=self.topic_titles,
             prev_url=f"?{urlencode({**query, 'page': page - 1})}" if page > 1 else "",
             next_url=f"?{urlencode({**query, 'page': page + 1})}" if page < result.pages else "",
         )
