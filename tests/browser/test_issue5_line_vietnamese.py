@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -32,18 +31,6 @@ QUESTION_JA = "在留カードの更新について質問があります。"
 REPLY_JA = "明日の午前中にお電話します。"
 REPLY_VI = "Chúng tôi sẽ gọi cho bạn vào sáng mai."
 KB_QUESTION = "Tôi bị mất thẻ cư trú, phải làm sao?"
-
-
-@pytest.fixture(scope="session")
-def argos_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An argos folder with the test packages (ja↔en, vi↔en) installed from local files."""
-    from tests.argos_build import build_packages
-
-    packages = sorted(build_packages().glob("*.argosmodel"))
-    assert packages, "the test translation packages were built"
-    home = tmp_path_factory.mktemp("argos")
-    Translator(home).install(packages)
-    return home
 
 
 class LineUser:
@@ -85,9 +72,9 @@ def cases(console: Console) -> list[Escalation]:
 
 def test_staff_answer_a_vietnamese_line_user_in_japanese_in_the_browser(
     page: Page, serve: Callable[..., Console], database_url: str, running_engine: EngineProcess,
-    fake_line: FakeLine, argos_home: Path, kb: KnowledgeBase,
+    fake_line: FakeLine, translator: Translator, kb: KnowledgeBase,
 ) -> None:
-    console = serve(database_url, running_engine.url, translation_dir=argos_home, **line_settings(fake_line))
+    console = serve(database_url, running_engine.url, translation_dir=translator.home, **line_settings(fake_line))
     console.add_staff("admin", role="admin", name="山田")
     user = LineUser(console.url, fake_line)
 
