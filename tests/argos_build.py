@@ -76,22 +76,29 @@ def build_packages(build_root: Path = BUILD, phrases_file: Path = PHRASES, log: 
     with _exclusive(build_root / f"{folder.name}.lock"):
         if done.exists():
             return folder
+        import torch
+
         started = time.monotonic()
         phrases = load_phrases(phrases_file)
-        with tempfile.TemporaryDirectory(dir=build_root) as tmp:
-            work = Path(tmp)
-            out = work / "packages"
-            out.mkdir()
-            for source, target in PAIRS:
-                pair_started = time.monotonic()
-                steps = build_pair(phrases, source, target, work / f"{source}_{target}", out)
-                if log:
-                    print(f"argos test package {source}->{target}: {steps} steps, "
-                          f"{time.monotonic() - pair_started:.1f} s", file=sys.stderr)
-            (out / "complete").write_text(f"{time.monotonic() - started:.1f} s\n")
-            if folder.exists():
-                shutil.rmtree(folder)
-            out.rename(folder)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            with tempfile.TemporaryDirectory(dir=build_root) as tmp:
+                work = Path(tmp)
+                out = work / "packages"
+                out.mkdir()
+                for source, target in PAIRS:
+                    pair_started = time.monotonic()
+                    steps = build_pair(phrases, source, target, work / f"{source}_{target}", out)
+                    if log:
+                        print(f"argos test package {source}->{target}: {steps} steps, "
+                              f"{time.monotonic() - pair_started:.1f} s", file=sys.stderr)
+                (out / "complete").write_text(f"{time.monotonic() - started:.1f} s\n")
+                if folder.exists():
+                    shutil.rmtree(folder)
+                out.rename(folder)
+        finally:
+            torch.set_num_threads(threads)
     return folder
 
 

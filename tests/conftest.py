@@ -24,6 +24,7 @@ from bot.__main__ import start_engine, stop_process
 from bot.engine_build import model_path, train_if_needed
 from bot.knowledge import KnowledgeBase
 from bot.settings import PROJECT, Settings
+from bot.translation import Translator
 from bot.web.app import create_app
 from tests.fakes import FakeLine, FakeTelegram
 
@@ -257,3 +258,22 @@ def telegram_settings(fake: FakeTelegram, **extra: Any) -> dict[str, Any]:
         "telegram_timeout": 1.0,
         **extra,
     }
+
+
+# ------------------------------------------------------------------ translation
+
+
+@pytest.fixture(scope="session")
+def argos_packages() -> Path:
+    """The folder of the test ``.argosmodel`` files (``tests/argos_build.py``; cached under ``build/argos``)."""
+    from tests.argos_build import build_packages
+
+    return build_packages(log=False)
+
+
+@pytest.fixture
+def translator(tmp_path: Path, argos_packages: Path) -> Translator:
+    """A Translator over a fresh packages folder with the test packages installed (ja<->en, vi<->en)."""
+    translator = Translator(tmp_path / "argos")
+    translator.install(sorted(argos_packages.glob("*.argosmodel")))
+    return translator
