@@ -181,7 +181,22 @@ class Translator:
     # --- loading argostranslate ----------------------------------------------------------------
 
     def start(self) -> Future[Any]:
-        """Load argostranslate in a background thread (once; later calls return the same future)."""
+        """Load argostranslate in a background thread, once; later calls return the same future.
+
+        With no package installed there is nothing to translate with: argostranslate (hundreds of MB)
+        stays unloaded and the returned future is already done (restart after installing packages).
+        """
+        if not self.installed_pairs():
+            with self._lock:
+                if self._loaded is not None:
+                    return self._loaded
+            log.info("no translation packages in %s: replies are not machine-translated", self.packages_dir)
+            nothing: Future[Any] = Future()
+            nothing.set_result(None)
+            return nothing
+        return self._loading()
+
+    def _loading(self) -> Future[Any]:
         with self._lock:
             if self._loaded is None:
                 self._loaded = Future()
@@ -226,7 +241,7 @@ class Translator:
             ValueError: a file is not an argos translation package.
         """
         folders = [_check_package_file(Path(file)) for file in files]
-        argos = self.start().result()
+        argos = self._loading().result()
         self.packages_dir.mkdir(parents=True, exist_ok=True)
         with _INSTALL_LOCK, _argos_packages_dir(argos, self.packages_dir):
             for file in files:
@@ -247,9 +262,8 @@ class Translator:
             return None
         if _machine_code(source) == target or source == target:
             return Translation(text, source, target, ())
-        loaded = self.start()
         try:
-            await asyncio.wrap_future(loaded)
+            await asyncio.wrap_future(self._loading())
         except Exception:
             return None
         return await asyncio.to_thread(self.translate_sync, text, source, target)
@@ -294,7 +308,7 @@ class Translator:
             return cached[1], lock
         if package is None:
             raise LookupError(f"no package {source}->{target}")
-        argos = self.start().result()
+        argos = self._loading().result()
         with lock:
             model = argos.translate.PackageTranslation(
                 argos.translate.Language(source, source), argos.translate.Language(target, target),

@@ -78,7 +78,8 @@ def test_same_language_is_the_text_itself(tmp_path: Path) -> None:
     assert asyncio.run(empty.translate("どんな文でも", "ja", "ja")) == Translation("どんな文でも", "ja", "ja", ())
     assert asyncio.run(empty.translate("Xin chào", "ja-easy", "ja")) == Translation("Xin chào", "ja-easy", "ja", ())
     assert asyncio.run(empty.translate("Hello.", "en", "ja")) is None
-    assert not empty.ready, "nothing to translate: argostranslate is not even loaded"
+    assert empty.start().done() and empty.start().result() is None
+    assert not empty.ready, "nothing to translate with: argostranslate is not loaded"
 
 
 def test_concurrent_translations(translator: Translator) -> None:
@@ -153,10 +154,10 @@ NETWORK_GUARD = textwrap.dedent(
     from bot.settings import Settings
     from bot.translation import Translator
 
+    Translator.from_settings(Settings()).install(sorted(Path(sys.argv[1]).glob("*.argosmodel")))
     translator = Translator.from_settings(Settings())
     translator.start()
     assert translator.wait_ready(120)
-    translator.install(sorted(Path(sys.argv[1]).glob("*.argosmodel")))
     phrase = "明日の午前中にお電話します。"
     result = asyncio.run(translator.translate(phrase, "ja", "vi"))
     back = asyncio.run(translator.translate(result.text, "vi", "ja"))
