@@ -310,12 +310,17 @@ class Translator:
             raise LookupError(f"no package {source}->{target}")
         argos = self._loading().result()
         with lock:
+            with self._lock:
+                cached = self._models.get(pair)
+            if cached is not None:
+                return cached[1], lock
             model = argos.translate.PackageTranslation(
                 argos.translate.Language(source, source), argos.translate.Language(target, target),
                 argos.package.Package(package.path),
             )
-        with self._lock:
-            return self._models.setdefault(pair, (package.path, model))[1], lock
+            with self._lock:
+                self._models[pair] = (package.path, model)
+        return model, lock
 
 
 def _check_package_file(file: Path) -> str:
