@@ -25,8 +25,8 @@ from bot.knowledge import KnowledgeBase
 from bot.pipeline import Assistant, feedback_payload
 from bot.ports import Inbound
 from bot.staff import StaffMember, create_staff
-from tests.conftest import line_settings, wait_until
-from tests.fakes import FakeLine, text_event, webhook_body
+from tests.conftest import line_settings, telegram_settings, wait_until
+from tests.fakes import FakeLine, FakeTelegram, text_event, webhook_body
 
 JST = ZoneInfo("Asia/Tokyo")
 PASSWORD = "correct horse battery staple"
@@ -270,3 +270,30 @@ def test_canned_replies_and_knowledge_base_proposals(desk: Desk, tmp_path: Path)
         ("kb_propose", staff.id), ("kb_propose", staff.id), ("kb_reject", admin.id), ("kb_accept", admin.id),
     ]
     assert next(a.action for a in desk.helpdesk.audit_log()) == "kb_accept"
+
+
+def test_a_telegram_user_asks_for_staff_and_gets_the_reply(
+    database_url: str, fake_telegram: FakeTelegram, make_client: Callable[..., TestClient], dead_engine_url: str,
+    kb: KnowledgeBase,
+) -> None:
+    from tests.test_telegram import TelegramUser
+
+    client = make_client(database_url, dead_engine_url, **telegram_settings(fake_telegram))
+    desk = Desk(client)
+    desk.assistant.clock = lambda: dt.datetime(2026, 12, 5, 23, 0, tzinfo=JST)  # Saturday night
+    user = TelegramUser(client, fake_telegram, "pt-br")
+    user.say("/staff")
+    when = kb.message("handoff_when_closed", "pt", next_open="segunda-feira 12/7 9:00")
+    wait_until(lambda: user.texts() == [kb.message("handoff_created", "pt", when=when)], timeout=20)
+    (case,) = desk.rows(Escalation)
+    assert (case.reason, case.night, case.platform, case.language) == ("requested", True, "telegram", "pt")
+
+    staff = desk.staff("kimura")
+    desk.helpdesk.assign(case.id, staff)
+    user.say("Olá, alguém pode me ajudar?")
+    wait_until(lambda: user.texts()[-1:] == [kb.message("staff_handling", "pt")], timeout=20)
+    desk.run(desk.helpdesk.reply, case.id, staff, REPLY_JA)
+    assert user.texts()[-1] == kb.message("staff_reply_untranslated", "pt") + "\n\n" + REPLY_JA
+    desk.run(desk.helpdesk.resolve, case.id, staff)
+    assert user.texts()[-1] == kb.message("handed_back", "pt")
+    assert [row.action for row in desk.rows(AuditEntry)] == ["assign", "reply", "resolve"]
