@@ -99,7 +99,8 @@ class Message(Base):
     text: Mapped[str] = mapped_column(Text, default="")
     language: Mapped[str | None] = mapped_column(String(16))
     status: Mapped[str] = mapped_column(String(16))
-    """in: received, processing, waiting_engine, answered. out: pending, sent, failed."""
+    """in: received, processing, waiting_engine, answered, staff (kept for staff, the assistant silent).
+    out: pending, delivering, retry, sent, failed."""
     in_reply_to: Mapped[int | None] = mapped_column(ForeignKey("messages.id", ondelete="SET NULL"))
     payload: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     """out: buttons and the key it was rendered from; in: the engine's parse summary."""
