@@ -9,7 +9,9 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from bot import staff as staff_accounts
-from bot.db.models import AuditEntry, Escalation
+from bot.db.models import AuditEntry, Conversation, Escalation
+from bot.knowledge import KnowledgeBase
+from bot.translation import Translator
 from tests.conftest import Chat
 
 EMERGENCY = "My friend collapsed and is not breathing"
@@ -136,3 +138,34 @@ def test_bad_input_is_a_4xx_with_a_reason(
     assert response.status_code == status, response.text
     error = response.json()["error"]
     assert error and reason in error
+
+
+def test_preview_and_reply_translate_into_the_users_language(
+    make_client: Callable[..., TestClient], database_url: str, dead_engine_url: str, translator: Translator,
+    kb: KnowledgeBase,
+) -> None:
+    client = make_client(database_url, dead_engine_url, translation_dir=translator.home)
+    chat = Chat(client)
+    chat.say("Tôi có câu hỏi về việc gia hạn thẻ cư trú.")
+    headers = token_for(client, "translator-user")
+    helpdesk = client.app.state.helpdesk  # type: ignore[attr-defined]
+    with client.app.state.assistant.sessions() as session:  # type: ignore[attr-defined]
+        (conversation_id,) = session.scalars(select(Conversation.id))
+        member = staff_accounts.get_staff(session, 1)
+    assert member is not None
+    case_id = helpdesk.take_over(conversation_id, member)
+
+    preview = client.post(f"/api/v1/escalations/{case_id}/preview", headers=headers,
+                          json={"text_ja": "明日の午前中にお電話します。"})
+    assert preview.status_code == 200, preview.text
+    body = preview.json()
+    assert body["target_language"] == "vi" and body["notice_ja"] is None
+    assert body["translation"] == "Chúng tôi sẽ gọi cho bạn vào sáng mai."
+
+    edited = {"text_ja": "明日の午前中にお電話します。", "translation": "Chúng tôi sẽ gọi lại vào sáng mai."}
+    sent = client.post(f"/api/v1/escalations/{case_id}/reply", headers=headers, json=edited)
+    assert sent.status_code == 200 and sent.json()["translated"] is True
+    texts = [reply["text"] for reply in chat.later()]
+    assert "Chúng tôi sẽ gọi lại vào sáng mai." in texts, "the edited translation is what the user reads"
+    note = kb.message("staff_reply_translated", "vi")
+    assert any(note in text and "明日の午前中にお電話します。" in text for text in texts)

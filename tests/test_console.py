@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,7 +13,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from bot import staff as staff_accounts
-from bot.db.models import AuditEntry, CannedReply, Escalation
+from bot.db.models import AuditEntry, CannedReply, Escalation, KbSuggestion
 from bot.web.security import COOKIE, SECRET_FILE
 from tests.conftest import Chat
 
@@ -233,3 +234,29 @@ def test_case_page_take_reply_without_a_model_and_resolve(client: TestClient) ->
     resolved = client.post(f"/console/cases/{case_id}/resolve", data={"csrf_token": token})
     assert "解決済みにしました。" in resolved.text
     assert client.get("/console/cases/999999").status_code == 404
+
+
+def test_admin_accepts_and_rejects_knowledge_base_proposals(
+    make_client: Callable[..., TestClient], database_url: str, dead_engine_url: str, tmp_path: Path
+) -> None:
+    drafts = tmp_path / "drafts"
+    client = make_client(database_url, dead_engine_url, kb_drafts_dir=drafts)
+    case_id = open_case(client)
+    add_staff(client, "chief", role="admin")
+    log_in(client, "chief")
+    token = csrf_of(client.get(f"/console/cases/{case_id}").text)
+    for question in ("在留カードを更新したい", "<b>太字</b>の質問"):
+        client.post(f"/console/cases/{case_id}/propose",
+                    data={"csrf_token": token, "question_ja": question, "answer_ja": "入管で手続きします。"})
+    page = client.get("/console/suggestions")
+    assert "在留カードを更新したい" in page.text and "&lt;b&gt;太字&lt;/b&gt;の質問" in page.text
+    with client.app.state.assistant.sessions() as session:  # type: ignore[attr-defined]
+        first, second = session.scalars(select(KbSuggestion.id).order_by(KbSuggestion.id))
+    accepted = client.post(f"/console/suggestions/{first}/accept", data={"csrf_token": token})
+    assert accepted.status_code == 200 and "採用しました。" in accepted.text
+    assert [p.suffix for p in drafts.iterdir()] == [".yml"]
+    rejected = client.post(f"/console/suggestions/{second}/reject", data={"csrf_token": token})
+    assert "却下しました。" in rejected.text
+    assert "提案はありません。" in client.get("/console/suggestions").text
+    again = client.post(f"/console/suggestions/{second}/reject", data={"csrf_token": token})
+    assert again.status_code in (400, 404) and again.text
