@@ -95,7 +95,7 @@ def test_staff_answer_a_vietnamese_line_user_in_japanese_in_the_browser(
     row.locator(f'a[href="/console/cases/{case.id}"]').first.click()
     expect(page).to_have_url(re.compile(rf"/console/cases/{case.id}$"))
 
-    question_row = page.locator("table.transcript tr.in", has_text=QUESTION)
+    question_row = page.locator("table.transcript tr.in", has_text=QUESTION).last
 
     def translated() -> bool:
         page.reload()
