@@ -52,7 +52,7 @@ class Settings(BaseSettings):
 
     # Staff console and API (bot/web/console.py, bot/web/api.py)
     console_session_hours: float = 12.0
-    """A console sign-in lasts this long (the session secret: ``session_secret``, else generated into the data folder)."""
+    """How long a console sign-in lasts (signed with ``session_secret``, else a secret generated into the data dir)."""
     console_secure_cookie: bool = False
     """Mark the session cookie Secure (set it when the console is served over https)."""
     console_login_limit: int = 20
