@@ -20,6 +20,7 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from jinja2 import Environment, FileSystemLoader
+from starlette.concurrency import run_in_threadpool
 
 from bot import staff as staff_accounts
 from bot.helpdesk import Forbidden, HelpDesk, HelpDeskError, NotFound, Preview, QueueFilter
@@ -194,13 +195,7 @@ class Console:
         if not login or not password:
             return self.page(visit, "login.html", 400, next=safe_next(next_path), login=login,
                              error="ログインIDとパスワードを入力してください。")
-        window = dt.timedelta(minutes=self.settings.console_login_window_minutes)
-        with self.helpdesk.assistant.sessions() as db:
-            if failed_logins_from(db, address, window) >= self.settings.console_login_limit:
-                log.warning("console login refused: too many failures from one address")
-                raise ConsoleProblem(429, "このアドレスからのログイン失敗が多すぎます。"
-                                          f"{self.settings.console_login_window_minutes}分ほど待ってからお試しください。")
-            result = staff_accounts.verify_password(db, login, password)
+        result = await run_in_threadpool(self._check_login, address, login, password)  # argon2: off the loop
         if result.staff is None:
             self.record(None, "login_failed", ("address", address[:64]), {"reason": result.reason})
             if result.reason == "locked" and result.locked_until is not None:
@@ -216,6 +211,15 @@ class Console:
         self.record(result.staff, "login")
         log.info("console login staff=%s", result.staff.id)
         return self.redirect(visit, safe_next(next_path))
+
+    def _check_login(self, address: str, login: str, password: str) -> staff_accounts.LoginResult:
+        window = dt.timedelta(minutes=self.settings.console_login_window_minutes)
+        with self.helpdesk.assistant.sessions() as db:
+            if failed_logins_from(db, address, window) >= self.settings.console_login_limit:
+                log.warning("console login refused: too many failures from one address")
+                raise ConsoleProblem(429, "このアドレスからのログイン失敗が多すぎます。"
+                                          f"{self.settings.console_login_window_minutes}分ほど待ってからお試しください。")
+            return staff_accounts.verify_password(db, login, password)
 
     async def logout(self, request: Request) -> Response:
         visit, _ = await self.posted(request)
@@ -356,6 +360,10 @@ class Console:
 
     async def staff_create(self, request: Request) -> Response:
         visit, form = await self.posted(request, admin=True)
+        member = await run_in_threadpool(self._create_staff, visit.staff, form)  # argon2: off the loop
+        return self.redirect(visit, "/console/staff", f"{member.login} を作成しました。")
+
+    def _create_staff(self, admin: StaffMember | None, form: dict[str, str]) -> StaffMember:
         role = form.get("role", "staff")
         with self.helpdesk.assistant.sessions() as db:
             try:
@@ -363,10 +371,9 @@ class Console:
                                                      display_name=form.get("display_name", ""), role=role)
             except staff_accounts.StaffError as exc:
                 raise ConsoleProblem(400, f"アカウントを作成できません: {exc}") from None
-            staff_accounts.audit(db, visit.staff.id if visit.staff else None, "staff_created", ("staff", member.id),
-                                 {"role": role})
+            staff_accounts.audit(db, admin.id if admin else None, "staff_created", ("staff", member.id), {"role": role})
             db.commit()
-        return self.redirect(visit, "/console/staff", f"{member.login} を作成しました。")
+        return member
 
     def token_page(self, request: Request) -> Response:
         visit, _ = self.signed_in(request)

@@ -79,8 +79,11 @@ class Console:
 
 
 @pytest.fixture
-def serve(tmp_path: Path) -> Iterator[Callable[..., Console]]:
-    """``serve(database_url, rasa_url, **settings)``: the app on a real port until the test ends."""
+def serve(tmp_path: Path, database_url: str) -> Iterator[Callable[..., Console]]:
+    """``serve(database_url, rasa_url, **settings)``: the app on a real port until the test ends.
+
+    Depends on ``database_url`` so that the server stops before its database is dropped.
+    """
     stack = contextlib.ExitStack()
 
     def factory(database_url: str, rasa_url: str, **overrides: Any) -> Console:
