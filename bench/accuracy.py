@@ -1,21 +1,28 @@
 """Accuracy of the engine on held-out questions (bench/heldout/), and the fallback thresholds.
 
-Every held-out question is sent, as a new conversation, to the running Rasa model through the
-engine's channel. The raw prediction (top intent without the fallback, and for FAQ questions the
-top knowledge-base entry) and its confidences are recorded; then every pair of thresholds
+Starts the engine (``rasa run`` on the trained model) and the product (``python -m bot serve``,
+SQLite in a temporary folder), then sends every held-out question, each from a new user, to the
+product's REST channel (``POST /webhooks/rest/webhook``), as the web chat does. What the classifier
+chose is read back from the stored inbound message (its ``payload.parse``: the intent ranking and
+the FAQ ranking the engine returned); a question the safety net answers before the engine is
+recorded as ``safety:<kind>`` (right for an urgent entry). The raw prediction (top intent without
+the fallback, and for FAQ questions the top knowledge-base entry) and its confidences are
+recorded; then every pair of thresholds
 (intent, answer) is tried, and the pair with the lowest cost is reported, where an accepted wrong
 answer costs 1 and a rejected right one costs 0.5 (the user still gets the best answers as
 buttons). Prints Markdown for bench/RESULTS.md; ``--json`` also writes the raw predictions.
 
-    .venv/bin/python bench/accuracy.py [--rasa-url http://127.0.0.1:5005] [--json out.json]
+    .venv/bin/python bench/accuracy.py [--json out.json]
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import collections
 import json
+import os
+import sqlite3
+import subprocess
 import sys
 import tempfile
 import time
@@ -65,28 +72,76 @@ def load_heldout(kb: KnowledgeBase) -> list[tuple[str, str, str, str]]:
     return items
 
 
-async def ask_all(url: str, items: list[tuple[str, str, str, str]]) -> list[Result]:
+def stored_outcome(db: sqlite3.Connection, sender: str) -> tuple[dict, list[str]]:
+    """The parse stored with the sender's inbound message, and the keys of the replies."""
+    rows = db.execute(
+        "SELECT m.direction, m.payload FROM messages m JOIN conversations c ON m.conversation_id = c.id "
+        "JOIN identities i ON c.identity_id = i.id WHERE i.platform = 'rest' AND i.platform_user_id = ? "
+        "ORDER BY m.id",
+        (sender,),
+    ).fetchall()
+    parse: dict = {}
+    keys: list[str] = []
+    for direction, payload in rows:
+        data = json.loads(payload) if payload else {}
+        if direction == "in":
+            parse = data.get("parse") or {}
+        elif data.get("key"):
+            keys.append(str(data["key"]))
+    return parse, keys
+
+
+def ask_all(url: str, db_path: Path, items: list[tuple[str, str, str, str]], urgent: set[str]) -> list[Result]:
     results = []
-    async with httpx.AsyncClient(base_url=url, timeout=30) as client:
-        for language, topic, expected, text in items:
-            response = await client.post(
-                "/webhooks/consult/webhook",
-                json={"sender": f"bench-{uuid.uuid4().hex}", "message": text, "metadata": {"language": language}},
-            )
-            response.raise_for_status()
-            parse = response.json()["parse"]
-            ranking = [i for i in parse["intent_ranking"] if i["name"] != "nlu_fallback"]
-            intent = ranking[0]["name"] if ranking else "nlu_fallback"
-            intent_confidence = ranking[0]["confidence"] if ranking else 0.0
-            faq = parse.get("faq_ranking") or []
-            predicted, answer_confidence = intent, 1.0
-            if intent == "faq" and faq:
-                predicted, answer_confidence = faq[0]["key"], faq[0]["confidence"]
-            results.append(
-                Result(language, topic, expected, predicted, intent_confidence, answer_confidence,
-                       [f["key"] for f in faq[:3]], text)
-            )
+    db = sqlite3.connect(db_path)
+    try:
+        with httpx.Client(base_url=url, timeout=30) as client:
+            for language, topic, expected, text in items:
+                sender = f"bench-{uuid.uuid4().hex}"
+                response = client.post("/webhooks/rest/webhook", json={"sender": sender, "message": text})
+                response.raise_for_status()
+                parse, keys = stored_outcome(db, sender)
+                ranking = [i for i in parse.get("intent_ranking") or [] if i["name"] != "nlu_fallback"]
+                faq = parse.get("faq_ranking") or []
+                if ranking:
+                    intent, intent_confidence = ranking[0]["name"], ranking[0]["confidence"]
+                    predicted, answer_confidence = intent, 1.0
+                    if intent == "faq" and faq:
+                        predicted, answer_confidence = faq[0]["key"], faq[0]["confidence"]
+                else:  # answered before the engine: the safety net, a language switch, ...
+                    key = keys[0] if keys else "none"
+                    predicted = key.replace("msg:emergency_", "safety:")
+                    predicted = predicted.replace("msg:language_changed", "change_language")
+                    if predicted.startswith("safety:") and expected in urgent:
+                        predicted = expected
+                    intent_confidence = answer_confidence = 1.0
+                results.append(
+                    Result(language, topic, expected, predicted, intent_confidence, answer_confidence,
+                           [f["key"] for f in faq[:3]], text)
+                )
+    finally:
+        db.close()
     return results
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_ready(url: str, timeout: float = 240) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise SystemExit(f"{url} did not answer")
 
 
 def accepted(result: Result, threshold: float, faq_threshold: float) -> bool:
@@ -192,38 +247,32 @@ def configured_thresholds() -> tuple[float, float]:
 
 def main() -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--rasa-url", help="a running engine; by default one is started on the trained model")
     parser.add_argument("--json", type=Path, help="write every prediction here")
     args = parser.parse_args()
+    from bot.__main__ import start_engine, stop_process
+    from bot.engine_build import train_if_needed
+    from bot.settings import Settings
+
     kb = KnowledgeBase.load(PROJECT / "knowledge_base")
     items = load_heldout(kb)
-    engine = None
-    url = args.rasa_url
-    if url is None:
-        from bot.__main__ import start_engine, stop_process
-        from bot.engine_build import train_if_needed
-        from bot.settings import Settings
-
-        train_if_needed(kb, PROJECT)
-        port = 5500 + (int(time.time()) % 400)
-        url = f"http://127.0.0.1:{port}"
-        folder = Path(tempfile.mkdtemp(prefix="bench-"))
-        engine = start_engine(Settings(data_dir=folder, rasa_url=url), port, folder / "rasa.log")
+    urgent = {f"faq/{entry.id}" for entry in kb.entries.values() if entry.urgent}
+    train_if_needed(kb, PROJECT)
+    folder = Path(tempfile.mkdtemp(prefix="bench-accuracy-"))
+    engine_port, app_port = free_port(), free_port()
+    engine_url, app_url = f"http://127.0.0.1:{engine_port}", f"http://127.0.0.1:{app_port}"
+    settings = Settings(data_dir=folder, rasa_url=engine_url)
+    engine = start_engine(settings, engine_port, folder / "rasa.log")
+    env = dict(os.environ, CONSULT_DATA_DIR=str(folder), CONSULT_RASA_URL=engine_url, CONSULT_PORT=str(app_port),
+               CONSULT_LOG_LEVEL="WARNING")
+    env.pop("DATABASE_URL", None)
+    app = subprocess.Popen([sys.executable, "-m", "bot", "serve"], cwd=PROJECT, env=env, start_new_session=True)
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                if httpx.get(f"{url}/webhooks/consult/", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise SystemExit("the engine did not start")
-            time.sleep(0.5)
-        results = asyncio.run(ask_all(url, items))
+        wait_ready(f"{engine_url}/webhooks/consult/")
+        wait_ready(f"{app_url}/health")
+        results = ask_all(app_url, folder / "consult.db", items, urgent)
     finally:
-        if engine is not None:
-            stop_process(engine)
+        stop_process(app)  # type: ignore[arg-type]
+        stop_process(engine)
     if args.json:
         args.json.write_text(json.dumps([asdict(r) for r in results], ensure_ascii=False, indent=1))
     print(report(results, kb, configured_thresholds()))

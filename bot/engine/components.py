@@ -16,10 +16,26 @@ from rasa.engine.recipes.default_recipe import DefaultV1Recipe
 from rasa.engine.storage.resource import Resource
 from rasa.engine.storage.storage import ModelStorage
 from rasa.nlu.classifiers.fallback_classifier import FallbackClassifier
-from rasa.nlu.constants import DENSE_FEATURIZABLE_ATTRIBUTES, RESPONSE_SELECTOR_PROPERTY_NAME, TOKENS_NAMES
+from rasa.nlu.constants import (
+    DENSE_FEATURIZABLE_ATTRIBUTES,
+    RESPONSE_SELECTOR_PREDICTION_KEY,
+    RESPONSE_SELECTOR_PROPERTY_NAME,
+    RESPONSE_SELECTOR_RANKING_KEY,
+    RESPONSE_SELECTOR_RESPONSES_KEY,
+    RESPONSE_SELECTOR_RETRIEVAL_INTENTS,
+    RESPONSE_SELECTOR_UTTER_ACTION_KEY,
+    TOKENS_NAMES,
+)
 from rasa.nlu.featurizers.dense_featurizer.dense_featurizer import DenseFeaturizer
 from rasa.nlu.tokenizers.tokenizer import Token, Tokenizer
-from rasa.shared.nlu.constants import FEATURE_TYPE_SENTENCE, FEATURE_TYPE_SEQUENCE, INTENT_RESPONSE_KEY, TEXT
+from rasa.shared.nlu.constants import (
+    FEATURE_TYPE_SENTENCE,
+    FEATURE_TYPE_SEQUENCE,
+    INTENT,
+    INTENT_RANKING_KEY,
+    INTENT_RESPONSE_KEY,
+    TEXT,
+)
 from rasa.shared.nlu.training_data.features import Features
 from rasa.shared.nlu.training_data.message import Message
 from rasa.shared.nlu.training_data.training_data import TrainingData
@@ -133,23 +149,42 @@ def _fold(text: str) -> str:
     return unicodedata.normalize("NFKC", text).lower()
 
 
+def _log_softmax(scores: np.ndarray) -> np.ndarray:
+    shifted = scores - scores.max()
+    return shifted - math.log(float(np.exp(shifted).sum()))
+
+
 @DefaultV1Recipe.register(
     DefaultV1Recipe.ComponentType.INTENT_CLASSIFIER, is_trainable=True
 )
-class LexicalAnswerRanker(GraphComponent):
-    """Re-ranks the ResponseSelector's answers with what the words themselves say.
+class JointClassifier(GraphComponent):
+    """One decision over every label: the conversational intents and each ``faq/<id>``.
 
-    A character n-gram (TF-IDF) logistic regression is trained on the same ``faq/<id>``
-    questions, *apart* from DIET and the ResponseSelector, and its probabilities are fused
-    with theirs (a weighted product, renormalised). Inside DIET, sparse n-grams drown the e5
-    vector (research/rasa.md); next to it, they add what e5-small misses: the exact official
-    terms, romaji, kana-only easy Japanese. Measured on held-out questions: bench/RESULTS.md.
-    Must come after the ResponseSelector (with ``ranking_length: 0``) in the pipeline.
+    Two linear models are trained on the same examples and fused in log space: a logistic
+    regression on the e5 sentence vector (the meaning, across languages) and a linear SVM on
+    character 1-4-gram TF-IDF of the text (the exact official terms, romaji, kana-only easy
+    Japanese that the 4-bit e5-small vector blurs), its scores turned into probabilities by a
+    softmax at ``temperature``. Inside DIET, sparse n-grams drown the e5 vector
+    (research/rasa.md); beside it they help. Every label is its own class, so the ~16,000 FAQ
+    questions no longer outweigh the ~180 of each conversational intent, as they did as one
+    ``faq`` class in DIET. Measured on held-out questions: bench/RESULTS.md.
+
+    The output is what DIET and the ResponseSelector gave: ``intent`` and ``intent_ranking``
+    (``faq`` scores the sum of its entries), and ``response_selector.faq`` with the chosen
+    entry, its confidence among the entries, and the ranking.
     """
 
     @staticmethod
     def get_default_config() -> Dict[str, Any]:
-        return {"retrieval_intent": "faq", "weight": 0.5, "ngram_max": 4, "C": 20.0}
+        return {
+            "retrieval_intent": "faq",
+            "dense_C": 20.0,
+            "lexical_C": 0.5,
+            "ngram_max": 4,
+            "temperature": 5.0,
+            "dense_weight": 0.5,
+            "ranking_length": 10,
+        }
 
     @staticmethod
     def required_packages() -> List[str]:
@@ -184,34 +219,68 @@ class LexicalAnswerRanker(GraphComponent):
     ) -> GraphComponent:
         try:
             with model_storage.read_from(resource) as path:
-                model = pickle.loads((path / "ranker.pkl").read_bytes())
+                model = pickle.loads((path / "classifier.pkl").read_bytes())
         except (ValueError, FileNotFoundError):
             model = None
         return cls(config, model_storage, resource, model)
 
+    def _label(self, example: Message) -> Optional[str]:
+        key = example.get(INTENT_RESPONSE_KEY)
+        if isinstance(key, str) and key.startswith(f"{self._config['retrieval_intent']}/"):
+            return key
+        intent = example.get(INTENT)
+        return intent if isinstance(intent, str) and intent else None
+
+    @staticmethod
+    def _dense(messages: List[Message]) -> np.ndarray:
+        rows = []
+        for message in messages:
+            _, sentence = message.get_dense_features(TEXT)
+            if sentence is None:
+                raise ValueError("JointClassifier needs a dense sentence featurizer (E5Featurizer) before it")
+            rows.append(np.asarray(sentence.features, dtype=np.float32).reshape(-1))
+        return np.vstack(rows)
+
     def train(self, training_data: TrainingData) -> Resource:
         from sklearn.feature_extraction.text import TfidfVectorizer
         from sklearn.linear_model import LogisticRegression
+        from sklearn.svm import LinearSVC
 
-        prefix = f"{self._config['retrieval_intent']}/"
-        texts, keys = [], []
-        for example in training_data.training_examples:
-            key = example.get(INTENT_RESPONSE_KEY)
-            if isinstance(key, str) and key.startswith(prefix) and example.get(TEXT):
-                texts.append(str(example.get(TEXT)))
-                keys.append(key)
-        if len(set(keys)) < 2:
+        examples, labels = [], []
+        for example in training_data.intent_examples:
+            label = self._label(example)
+            if label and example.get(TEXT):
+                examples.append(example)
+                labels.append(label)
+        if len(set(labels)) < 2:
             return self._resource
+        texts = [str(example.get(TEXT)) for example in examples]
         vectorizer = TfidfVectorizer(
             analyzer="char_wb", ngram_range=(1, int(self._config["ngram_max"])), preprocessor=_fold,
             sublinear_tf=True,
         )
-        classifier = LogisticRegression(C=float(self._config["C"]), max_iter=3000)
-        classifier.fit(vectorizer.fit_transform(texts), keys)
-        self._model = (vectorizer, classifier)
+        lexical = LinearSVC(C=float(self._config["lexical_C"])).fit(vectorizer.fit_transform(texts), labels)
+        dense = LogisticRegression(C=float(self._config["dense_C"]), max_iter=500).fit(self._dense(examples), labels)
+        if list(dense.classes_) != list(lexical.classes_):
+            raise ValueError("the two models disagree on the labels")
+        self._model = (vectorizer, lexical, dense)
         with self._model_storage.write_to(self._resource) as path:
-            (path / "ranker.pkl").write_bytes(pickle.dumps(self._model))
+            (path / "classifier.pkl").write_bytes(pickle.dumps(self._model))
         return self._resource
+
+    def scores(self, message: Message) -> Dict[str, float]:
+        """Every label's probability for one featurized message."""
+        vectorizer, lexical, dense = self._model
+        weight = float(self._config["dense_weight"])
+        lexical_log = _log_softmax(
+            float(self._config["temperature"])
+            * lexical.decision_function(vectorizer.transform([str(message.get(TEXT))]))[0]
+        )
+        dense_log = dense.predict_log_proba(self._dense([message]))[0]
+        fused = weight * dense_log + (1 - weight) * lexical_log
+        probabilities = np.exp(fused - fused.max())
+        probabilities /= probabilities.sum()
+        return {str(label): float(p) for label, p in zip(dense.classes_, probabilities, strict=False)}
 
     def process_training_data(self, training_data: TrainingData) -> TrainingData:
         return training_data
@@ -219,37 +288,43 @@ class LexicalAnswerRanker(GraphComponent):
     def process(self, messages: List[Message]) -> List[Message]:
         if self._model is None:
             return messages
-        vectorizer, classifier = self._model
-        name = self._config["retrieval_intent"]
-        weight = float(self._config["weight"])
+        retrieval = self._config["retrieval_intent"]
+        prefix = f"{retrieval}/"
         for message in messages:
-            selectors = message.get(RESPONSE_SELECTOR_PROPERTY_NAME) or {}
-            selected = selectors.get(name)
-            text = message.get(TEXT)
-            if not selected or not text or not selected.get("ranking"):
+            if not message.get(TEXT) or message.get_dense_features(TEXT)[1] is None:
                 continue
-            lexical = dict(
-                zip(classifier.classes_, classifier.predict_proba(vectorizer.transform([str(text)]))[0], strict=False)
-            )
-            scores = {}
-            for item in selected["ranking"]:
-                key = item[INTENT_RESPONSE_KEY]
-                dense = max(float(item["confidence"]), 1e-9)
-                scores[key] = weight * math.log(dense) + (1 - weight) * math.log(max(lexical.get(key, 0.0), 1e-9))
-            top = max(scores.values())
-            total = sum(math.exp(v - top) for v in scores.values())
-            ranking = sorted(
-                ({INTENT_RESPONSE_KEY: k, "confidence": math.exp(v - top) / total} for k, v in scores.items()),
-                key=lambda item: -item["confidence"],
-            )
-            best = ranking[0]
-            response = dict(selected["response"])
-            if best[INTENT_RESPONSE_KEY] != response.get(INTENT_RESPONSE_KEY):
-                response["responses"] = [{"custom": {"answer": best[INTENT_RESPONSE_KEY].split("/", 1)[1]}}]
-            response[INTENT_RESPONSE_KEY] = best[INTENT_RESPONSE_KEY]
-            response["utter_action"] = f"utter_{best[INTENT_RESPONSE_KEY]}"
-            response["confidence"] = best["confidence"]
-            selectors[name] = {"response": response, "ranking": ranking[:10]}
+            probabilities = self.scores(message)
+            answers = sorted(((k, p) for k, p in probabilities.items() if k.startswith(prefix)), key=lambda i: -i[1])
+            intents: Dict[str, float] = {}
+            for label, p in probabilities.items():
+                name = retrieval if label.startswith(prefix) else label
+                intents[name] = intents.get(name, 0.0) + p
+            best = max(probabilities.items(), key=lambda item: item[1])[0]
+            top = retrieval if best.startswith(prefix) else best
+            chosen = {"name": top, "confidence": intents.pop(top)}
+            others = sorted(({"name": k, "confidence": v} for k, v in intents.items()), key=lambda i: -i["confidence"])
+            ranking = [chosen, *others]
+            message.set(INTENT, chosen, add_to_output=True)
+            message.set(INTENT_RANKING_KEY, ranking, add_to_output=True)
+            if not answers:
+                continue
+            within = sum(p for _, p in answers) or 1.0
+            length = int(self._config["ranking_length"]) or len(answers)
+            key, confidence = answers[0]
+            selectors = message.get(RESPONSE_SELECTOR_PROPERTY_NAME) or {}
+            selectors[RESPONSE_SELECTOR_RETRIEVAL_INTENTS] = [retrieval]
+            selectors[retrieval] = {
+                RESPONSE_SELECTOR_PREDICTION_KEY: {
+                    RESPONSE_SELECTOR_RESPONSES_KEY: [{"custom": {"answer": key.split("/", 1)[1]}}],
+                    "confidence": confidence / within,
+                    INTENT_RESPONSE_KEY: key,
+                    RESPONSE_SELECTOR_UTTER_ACTION_KEY: f"utter_{key}",
+                },
+                RESPONSE_SELECTOR_RANKING_KEY: [
+                    {"id": index, "confidence": p / within, INTENT_RESPONSE_KEY: label}
+                    for index, (label, p) in enumerate(answers[:length])
+                ],
+            }
             message.set(RESPONSE_SELECTOR_PROPERTY_NAME, selectors, add_to_output=True)
         return messages
 
