@@ -91,6 +91,9 @@ def _kb_check() -> int:
         print("\n".join(exc.problems))
         return 1
     problems = check(kb)
+    from bot.alerts import check_alerts, load_alerts
+
+    problems += check_alerts(load_alerts(kb.root), kb)
     for problem in problems:
         print(problem)
     topics: dict[str, int] = {}

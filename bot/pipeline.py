@@ -22,6 +22,8 @@ from sqlalchemy import Select, delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from bot.broadcast import disaster_mode_on
+from bot.checkin import is_checkin, record_checkin
 from bot.db.models import Conversation, DeliveryAttempt, Escalation, Identity, Message, User, utcnow
 from bot.engine_client import EngineClient, EngineReply, EngineUnavailable
 from bot.knowledge import KnowledgeBase
@@ -395,6 +397,10 @@ class Assistant:
                 hint = normalise_hint(await self._best_effort(connector.profile_language(identity.platform_user_id)))
                 if hint:
                     identity.language_hint = hint
+        if kind == "text" and is_checkin(message.text or ""):  # an alert's safety check-in button
+            language, _ = resolve("", user.language, user.detected_language, identity.language_hint)
+            message.language = language
+            return record_checkin(self, session, message, conversation, user, identity, language), None
         text = (message.text or "") if kind == "text" else ""
         language, detected = resolve(text, user.language, user.detected_language, identity.language_hint)
         if detected:
@@ -402,11 +408,12 @@ class Assistant:
         message.language = language
 
         if kind == "welcome":
-            return [self._msg("welcome", language, self._language_buttons())], None
+            welcome = self._msg("welcome", language, self._language_buttons())
+            return [welcome, *self._disaster_notice(session, language)], None
         if kind == "unsupported":
             return [self._msg("unsupported_message", language)], None
         if kind == "help":
-            return [self._msg("help", language)], None
+            return [self._msg("help", language), *self._disaster_notice(session, language)], None
         if kind == "language_menu":
             return [self._msg("language_menu", language, self._language_buttons())], None
         if kind == "staff":
@@ -493,7 +500,7 @@ class Assistant:
                     replies.append(self._msg("help", language))
             elif custom.get("suggest"):
                 conversation.failed_understandings += 1
-                replies.append(self._suggest(reply, language))
+                replies.append(self._suggest(reply, language, disaster_first=disaster_mode_on(session)))
             elif custom.get("offer_staff"):
                 conversation.failed_understandings += 1
                 replies.append(
@@ -533,6 +540,8 @@ class Assistant:
                 "handoff_when_closed", language, next_open=self.hours.describe_next_open(now, language)
             )
         )
+        if disaster_mode_on(session):  # the regional multilingual disaster desk first
+            when = f"{self.kb.message('handoff_when_disaster', language)}\n{when}"
         return self._msg("handoff_created", language, when=when)
 
     def _delete_data(self, session: Session, message: Message, user: User, identity: Identity) -> None:
@@ -564,13 +573,16 @@ class Assistant:
             log.info("best-effort platform call failed: %s", type(exc).__name__)
             return None
 
-    def _suggest(self, reply: EngineReply, language: str) -> Reply:
+    def _suggest(self, reply: EngineReply, language: str, disaster_first: bool = False) -> Reply:
         keys = [
             item["key"].split("/", 1)[1]
             for item in reply.parse.get("faq_ranking") or []
             if isinstance(item.get("key"), str) and "/" in item["key"]
         ]
-        keys = [key for key in keys if key in self.kb.entries][:SUGGESTIONS]
+        keys = [key for key in keys if key in self.kb.entries]
+        if disaster_first:
+            keys.sort(key=lambda key: self.kb.entries[key].topic != "disaster")
+        keys = keys[:SUGGESTIONS]
         buttons = [Button(self.kb.title(key, language), choose_payload(key)) for key in keys]
         buttons.append(Button(self.kb.message("suggest_none", language), "/deny"))
         return self._msg("suggest_intro", language, buttons)
@@ -692,6 +704,10 @@ class Assistant:
                 select(Message).where(Message.in_reply_to == message_id).order_by(Message.id)
             ).all()
             return tuple(reply_from_row(row) for row in rows)
+
+    def _disaster_notice(self, session: Session, language: str) -> list[Reply]:
+        """In disaster mode, the welcome and help point to the regional multilingual disaster desk."""
+        return [self._msg("disaster_mode_notice", language)] if disaster_mode_on(session) else []
 
 
 def _sent_to(platform: str, platform_user_id: str) -> Select[Message]:
