@@ -7,6 +7,8 @@ train      train the Rasa model if its inputs changed (--force to always)
 kb-check   validate the knowledge base, the catalog and the training data
 db-upgrade bring the database to the newest schema
 chat       talk to a running app in the terminal
+alert      send a disaster alert, follow it, run an alert worker (``alert --help``)
+disaster-mode on|off|status
 """
 
 from __future__ import annotations
@@ -217,6 +219,9 @@ def main(argv: list[str] | None = None) -> int:
     chat = sub.add_parser("chat")
     chat.add_argument("--url", default=None)
     chat.add_argument("--sender", default=f"cli-{os.getpid()}-{int(time.time())}")
+    from bot import alert_cli
+
+    alert_cli.add_parsers(sub)
     args = parser.parse_args(argv)
     settings = Settings()
     _configure_logging(settings.log_level)
@@ -239,6 +244,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "chat":
         return _chat(args.url or f"http://{settings.host}:{settings.port}", args.sender)
+    if args.command in ("alert", "disaster-mode"):
+        return alert_cli.run(settings, args)
     return 2
 
 

@@ -341,8 +341,10 @@ class BroadcastService:
             session.add(broadcast)
             session.flush()
             if not refusal:
-                session.execute(insert(BroadcastDelivery), self._jobs(broadcast.id, people))
-                if not people:
+                jobs = self._jobs(broadcast.id, people)
+                if jobs:
+                    session.execute(insert(BroadcastDelivery), jobs)
+                else:
                     broadcast.status = "done"
                     broadcast.finished_at = utcnow()
             session.commit()

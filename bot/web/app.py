@@ -14,6 +14,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from bot.broadcast import BroadcastService, BroadcastWorker
 from bot.db import make_engine, sessions, upgrade
 from bot.engine_client import EngineClient
 from bot.knowledge import KnowledgeBase
@@ -55,6 +56,15 @@ def configured_channels(settings: Settings) -> list[Channel]:
     return list(channels(settings))
 
 
+def build_broadcasts(settings: Settings, assistant: Assistant) -> tuple[BroadcastService, BroadcastWorker]:
+    """The alert service (for the console and API) and its delivery worker, on the configured platforms."""
+    from connectors.broadcast import broadcasters
+
+    senders = broadcasters(settings)
+    service = BroadcastService(assistant.kb, assistant.sessions, senders)
+    return service, BroadcastWorker(assistant.kb, assistant.sessions, senders)
+
+
 def build_assistant(settings: Settings, connectors: Mapping[str, Connector] | None = None) -> Assistant:
     """Everything the pipeline needs, from settings. Migrates the database to the newest schema."""
     url = settings.resolved_database_url()
@@ -89,18 +99,25 @@ def create_app(
     """The app; ``channels`` default to the platforms configured in ``settings``."""
     channels = list(configured_channels(settings) if channels is None else channels)
     assistant = assistant or build_assistant(settings, {c.connector.platform: c.connector for c in channels})
+    broadcasts, broadcast_worker = build_broadcasts(settings, assistant)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         worker = asyncio.create_task(_retry_loop(assistant, settings.retry_interval))
         for channel in channels:
             await channel.start(assistant)
+        alerts = asyncio.create_task(broadcast_worker.run()) if settings.broadcast_workers else None
         try:
             yield
         finally:
             worker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await worker
+            if alerts is not None:
+                broadcast_worker.stop()  # sends in flight finish and are recorded
+                await alerts
+            for sender in broadcast_worker.senders.values():
+                await sender.close()
             for channel in channels:
                 await channel.close()
             await assistant.engine.close()
@@ -111,6 +128,7 @@ def create_app(
     app = FastAPI(title="Consultation assistant", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.assistant = assistant
     app.state.settings = settings
+    app.state.broadcasts = broadcasts
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
