@@ -6,7 +6,7 @@ APP := .venv
 ENGINE := .venv-rasa
 export RASA_TELEMETRY_ENABLED := false
 
-.PHONY: run test setup train kb-check lint bench-latency bench-accuracy bench-webhooks clean
+.PHONY: run test setup train kb-check lint bench-latency bench-accuracy bench-webhooks bench-broadcast clean
 
 run: setup
 	$(APP)/bin/python -m bot run
@@ -47,6 +47,9 @@ bench-latency: setup
 
 bench-webhooks: $(APP)/.installed
 	$(APP)/bin/python bench/webhook_ack.py
+
+bench-broadcast: $(APP)/.installed
+	$(APP)/bin/python bench/broadcast.py --write-results
 
 bench-accuracy: setup
 	$(APP)/bin/python bench/accuracy.py

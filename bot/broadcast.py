@@ -48,6 +48,7 @@ MAX_ATTEMPTS = 10
 BACKOFF = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 """Seconds before attempt 2, 3, ...; the platform's Retry-After wins when it is longer."""
 LEASE_SECONDS = 120.0
+LOOPS = 2
 CHECKIN_PREFIX = "/checkin:"
 DISASTER_MODE = "disaster_mode"
 
@@ -610,9 +611,12 @@ class BroadcastWorker:
                     await asyncio.wait_for(self._stopping.wait(), self.idle)
 
     async def run(self) -> None:
-        """Deliver until :meth:`stop`; one loop per platform, so a slow platform never holds up another."""
+        """Deliver until :meth:`stop`; own loops per platform, so a slow platform never holds up another.
+
+        Two loops per platform: while one records its round in the database, the other sends.
+        """
         self._stopping.clear()
-        await asyncio.gather(*(self._platform_loop(p) for p in self.senders))
+        await asyncio.gather(*(self._platform_loop(p) for p in self.senders for _ in range(LOOPS)))
 
     def stop(self) -> None:
         self._stopping.set()

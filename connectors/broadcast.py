@@ -21,7 +21,14 @@ def broadcasters(settings: Settings) -> dict[str, BroadcastSender]:
             settings.line_reply_token_seconds,
         ))
     if settings.telegram_bot_token.get_secret_value():
+        import logging
+        import os
+
         from connectors.telegram import TelegramConnector
+
+        os.environ.setdefault("PTB_TIMEDELTA", "true")  # as TelegramChannel.from_settings
+        for name in ("httpx", "httpcore", "telegram"):  # the bot token is part of every Bot API URL
+            logging.getLogger(name).setLevel(logging.WARNING)
         from connectors.telegram.broadcast import TelegramBroadcaster
 
         found["telegram"] = TelegramBroadcaster(
