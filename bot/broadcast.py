@@ -118,6 +118,10 @@ class BroadcastSender(Protocol):
         """The platform's message quota, or None when it has none."""
         ...
 
+    def batchable(self, address: str) -> bool:
+        """Whether this address may share a request with others (a LINE group may not be multicast)."""
+        ...
+
     async def close(self) -> None: ...
 
 
@@ -248,17 +252,16 @@ class BroadcastService:
 
     async def _note(self, note: str, language: str) -> tuple[str, bool]:
         """Staff free text (written in Japanese) for ``language``; True when machine-translated."""
-        if language == "ja":
-            return note, False
-        if self.translator is not None and language != "ja-easy" and self.translator.can_translate("ja", language):
+        untranslated = language in ("ja", "ja-easy")  # easy Japanese is written by people, not machines
+        if self.translator is not None and not untranslated and self.translator.can_translate("ja", language):
             try:
                 result = await self.translator.translate(note, "ja", language)
             except Exception as exc:  # a failed translation must not stop an alert
                 log.warning("free-text translation to %s failed: %s", language, type(exc).__name__)
                 result = None
             if result is not None and result.text.strip():
-                return self.kb.message("alert_note_translated", language, note=result.text.strip()), True
-        return self.kb.message("alert_note_japanese", language, note=note), False
+                return f"{self.kb.message('alert_note_translated', language)}\n{result.text.strip()}", True
+        return f"{self.kb.message('alert_note_japanese', language)}\n{note}", False
 
     # ------------------------------------------------------------ targeting
 
@@ -322,7 +325,7 @@ class BroadcastService:
         if bad_platforms:
             raise AlertError(f"no sender for platform {', '.join(bad_platforms)}; configured: "
                              f"{', '.join(self.senders) or 'none'}")
-        people = self.recipients(areas, languages, platforms)
+        people = await asyncio.to_thread(self.recipients, areas, languages, platforms)
         used_languages = sorted({r.language for r in people} | {FALLBACK_LANGUAGE})
         texts, translated = await self._render_all(spec, fields, free_text, used_languages)
         target = {"areas": list(areas), "languages": list(languages), "platforms": list(platforms)}
@@ -333,15 +336,25 @@ class BroadcastService:
             if quota is not None and quota.remaining is not None and quota.remaining < line_count:
                 refusal = (f"LINE monthly quota: {quota.remaining} of {quota.limit} messages left, "
                            f"this alert needs {line_count}; nothing was sent")
+        broadcast = Broadcast(
+            template=template, fields=dict(fields), free_text=free_text, target=target, texts=texts,
+            machine_translated=translated, status="refused" if refusal else "queued", detail=refusal,
+            created_by=created_by[:64],
+        )
+        broadcast_id = await asyncio.to_thread(self._store, broadcast, people)
+        log.warning("alert=%s template=%s recipients=%d status=%s", broadcast_id, template, len(people),
+                    "refused" if refusal else "queued")
+        if refusal:
+            raise AlertRefused(refusal, broadcast_id)
+        return broadcast_id
+
+    def _store(self, broadcast: Broadcast, people: Sequence[Recipient]) -> int:
+        """The alert and its delivery jobs, in one transaction."""
+        refused = broadcast.status == "refused"
         with self.sessions() as session:
-            broadcast = Broadcast(
-                template=template, fields=dict(fields), free_text=free_text, target=target, texts=texts,
-                machine_translated=translated, status="refused" if refusal else "queued", detail=refusal,
-                created_by=created_by[:64],
-            )
             session.add(broadcast)
             session.flush()
-            if not refusal:
+            if not refused:
                 jobs = self._jobs(broadcast.id, people)
                 if jobs:
                     session.execute(insert(BroadcastDelivery), jobs)
@@ -349,12 +362,7 @@ class BroadcastService:
                     broadcast.status = "done"
                     broadcast.finished_at = utcnow()
             session.commit()
-            broadcast_id = broadcast.id
-        log.warning("alert=%s template=%s recipients=%d status=%s", broadcast_id, template, len(people),
-                    "refused" if refusal else "queued")
-        if refusal:
-            raise AlertRefused(refusal, broadcast_id)
-        return broadcast_id
+            return broadcast.id
 
     def _jobs(self, broadcast_id: int, people: Sequence[Recipient]) -> list[dict[str, Any]]:
         groups: dict[tuple[str, str], list[Recipient]] = {}
@@ -364,8 +372,11 @@ class BroadcastService:
         jobs: list[dict[str, Any]] = []
         for (platform, language), members in sorted(groups.items()):
             size = max(1, self.senders[platform].batch_size)
-            for start in range(0, len(members), size):
-                chunk = members[start : start + size]
+            sender = self.senders[platform]
+            alone = [m for m in members if not sender.batchable(m.address)]
+            together = [m for m in members if sender.batchable(m.address)]
+            chunks = [together[i : i + size] for i in range(0, len(together), size)] + [[m] for m in alone]
+            for chunk in chunks:
                 jobs.append({
                     "broadcast_id": broadcast_id, "platform": platform, "language": language,
                     "addresses": [m.address for m in chunk], "user_ids": [m.user_id for m in chunk],

@@ -186,6 +186,7 @@ class FakeLine(FakeServer):
     """Alert deliveries per user (push and multicast that LINE accepted)."""
     late_failure_rate: float = 0.0
     """Part of push/multicast calls that are delivered and then answered 500 (a lost answer)."""
+    late_failures: int = 0
 
     def issue_reply_token(self, user_id: str) -> str:
         token = uuid.uuid4().hex
@@ -321,7 +322,9 @@ class FakeLine(FakeServer):
         if not self.late_failure_rate:
             return False
         with self._lock:
-            return getattr(self, "_chaos_random", random.Random(0)).random() < self.late_failure_rate
+            late = getattr(self, "_chaos_random", random.Random(0)).random() < self.late_failure_rate
+            self.late_failures += late
+            return late
 
     async def _multicast(self, request: web.Request) -> web.Response:
         """Up to 500 user ids; a repeated X-Line-Retry-Key is answered 409 and not delivered again."""

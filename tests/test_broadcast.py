@@ -163,12 +163,12 @@ class Upper:
 def test_staff_free_text_is_machine_translated_and_marked_or_sent_in_japanese(world: World) -> None:
     note = "給水車は午後3時に来ます。"
     texts = asyncio.run(world.service({}, translator=Upper()).preview("earthquake", FIELDS["earthquake"], note))
-    assert texts["en"].endswith(world.kb.message("alert_note_translated", "en", note=f"EN[{note}]"))
-    assert "machine translation" in texts["en"]
-    assert texts["vi"].endswith(world.kb.message("alert_note_japanese", "vi", note=note))
-    assert texts["ja-easy"].endswith(world.kb.message("alert_note_japanese", "ja-easy", note=note))
+    assert texts["en"].endswith(f"\n\nFrom staff (machine translation from Japanese):\nEN[{note}]")
+    assert texts["vi"].endswith(f"\n\n{world.kb.message('alert_note_japanese', 'vi')}\n{note}")
+    assert texts["ja-easy"].endswith(f"\n\nスタッフから(日本語(にほんご)です):\n{note}")
+    assert texts["ja"].endswith(f"\n\n担当者から:\n{note}")
     plain = asyncio.run(world.service({}).preview("earthquake", FIELDS["earthquake"], note))
-    assert plain["en"].endswith(world.kb.message("alert_note_japanese", "en", note=note))
+    assert plain["en"].endswith(f"\n\nFrom staff (in Japanese, not translated):\n{note}")
 
 
 # ---------------------------------------------------------------------------- targeting
@@ -190,7 +190,9 @@ def test_targeting_by_area_language_and_platform(world: World) -> None:
     assert ids(languages=["vi"]) == [b]
     assert ids(languages=["ja-easy"]) == [c]  # language unknown: easy Japanese
     assert ids(platforms=["telegram"]) == [b, c]
-    run({}, asyncio.sleep(0))
+    group = world.user("line", "Cgroup1", "en", "宮古市")
+    jobs = service._jobs(1, [r for r in service.recipients() if r.platform == "line"])
+    assert [(j["user_ids"], j["recipients"]) for j in jobs] == [([a], 1), ([group], 1)]  # a group is never multicast
 
 
 # ---------------------------------------------------------------------------- delivery

@@ -66,5 +66,8 @@ class LineBroadcaster:
         value = int(limit.value) if limit.type == "limited" and limit.value is not None else None
         return Quota(limit=value, used=int(used.total_usage or 0))
 
+    def batchable(self, address: str) -> bool:
+        return address.startswith("U")  # user ids; groups (C...) and rooms (R...) get a push each
+
     async def close(self) -> None:
         await self.connector.close()

@@ -72,5 +72,8 @@ class TelegramBroadcaster:
     async def quota(self) -> Quota | None:
         return None
 
+    def batchable(self, address: str) -> bool:
+        return False
+
     async def close(self) -> None:
         await self.connector.close()
