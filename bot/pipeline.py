@@ -409,7 +409,7 @@ class Assistant:
 
         if kind == "welcome":
             welcome = self._msg("welcome", language, self._language_buttons())
-            return [welcome, *self._disaster_notice(session, language)], None
+            return [*self._disaster_notice(session, language), welcome], None  # quick replies: last message
         if kind == "unsupported":
             return [self._msg("unsupported_message", language)], None
         if kind == "help":

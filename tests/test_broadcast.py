@@ -418,6 +418,14 @@ def test_disaster_mode_points_to_the_disaster_desk(app: TestClient, fake_line: F
     assert kb.message("handoff_when_disaster", "en") in handoff
     assert "Iwate Multilingual Disaster Support Desk" in handoff
 
+    newcomer = f"U{uuid.uuid4().hex}"
+    _line_post(app, fake_line, line_event("follow", newcomer, fake_line.issue_reply_token(newcomer),
+                                          follow={"isUnblocked": False}))
+    wait_until(lambda: len(fake_line.delivered(newcomer)) >= 2, 10)
+    notice, welcome = fake_line.delivered(newcomer)
+    assert notice["text"] == kb.message("disaster_mode_notice", "en")
+    assert welcome["text"] == kb.message("welcome", "en") and welcome["quickReply"]["items"]
+
     set_disaster_mode(assistant.sessions, False)
     _line_post(app, fake_line, line_event("postback", user, fake_line.issue_reply_token(user),
                                           postback={"data": "consult:staff"}))
