@@ -8,7 +8,9 @@ Checked at the fakes: every user received the alert exactly once. Measured: the 
 LINE side is complete, and Telegram's send rate against its configured limit.
 
     .venv/bin/python bench/broadcast.py [--users 10000] [--failures 0.05] [--rate 30]
-        [--database-url postgresql+psycopg://...] [--write-results]
+        [--postgres postgresql+psycopg://postgres@127.0.0.1:5432/test] [--write-results]
+
+``--postgres``: run on a new database made on that server (dropped afterwards), else SQLite.
 """
 
 from __future__ import annotations
@@ -196,10 +198,27 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=30.0)
     parser.add_argument("--restart-after", type=float, default=60.0)
     parser.add_argument("--seed", type=int, default=1, help="LINE's random failures (Telegram: seed + 1)")
-    parser.add_argument("--database-url", default=os.environ.get("BENCH_DATABASE_URL", ""))
+    parser.add_argument("--postgres", default=os.environ.get("BENCH_POSTGRES_URL", ""),
+                        help="a PostgreSQL server URL to make a fresh database on")
     parser.add_argument("--write-results", action="store_true")
     args = parser.parse_args()
-    result = asyncio.run(main_async(args))
+    args.database_url = ""
+    admin = None
+    if args.postgres:
+        import sqlalchemy
+
+        admin = sqlalchemy.create_engine(args.postgres, isolation_level="AUTOCOMMIT")
+        name = f"bench_broadcast_{uuid.uuid4().hex[:8]}"
+        with admin.connect() as connection:
+            connection.execute(sqlalchemy.text(f'CREATE DATABASE "{name}"'))
+        args.database_url = admin.url.set(database=name).render_as_string(hide_password=False)
+    try:
+        result = asyncio.run(main_async(args))
+    finally:
+        if admin is not None:
+            with admin.connect() as connection:
+                connection.execute(sqlalchemy.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            admin.dispose()
     text = markdown(result)
     print(text)
     if args.write_results:
