@@ -318,6 +318,8 @@ class BroadcastService:
             AlertRefused: stored as ``refused`` with the reason (LINE's quota would be exceeded).
         """
         spec = self._validate(template, fields, free_text)
+        if not self.senders:
+            raise AlertError("no platform to send on: set the LINE or Telegram secrets (README)")
         bad_languages = [lang for lang in languages if lang not in LANGUAGES]
         if bad_languages:
             raise AlertError(f"unknown language {', '.join(bad_languages)}; shipped: {', '.join(LANGUAGES)}")
@@ -330,15 +332,19 @@ class BroadcastService:
         texts, translated = await self._render_all(spec, fields, free_text, used_languages)
         target = {"areas": list(areas), "languages": list(languages), "platforms": list(platforms)}
         line_count = sum(1 for r in people if r.platform == "line")
-        refusal = ""
+        refusal = note = ""
         if line_count:
             quota = await self.line_quota()
             if quota is not None and quota.remaining is not None and quota.remaining < line_count:
                 refusal = (f"LINE monthly quota: {quota.remaining} of {quota.limit} messages left, "
                            f"this alert needs {line_count}; nothing was sent")
+            elif quota is not None:
+                left = "no limit" if quota.limit is None else f"{quota.remaining} of {quota.limit} left"
+                note = (f"LINE monthly quota before sending: {left} ({quota.used} used); "
+                        f"this alert uses {line_count}")
         broadcast = Broadcast(
             template=template, fields=dict(fields), free_text=free_text, target=target, texts=texts,
-            machine_translated=translated, status="refused" if refusal else "queued", detail=refusal,
+            machine_translated=translated, status="refused" if refusal else "queued", detail=refusal or note,
             created_by=created_by[:64],
         )
         broadcast_id = await asyncio.to_thread(self._store, broadcast, people)

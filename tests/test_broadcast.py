@@ -146,6 +146,8 @@ def test_bad_requests_get_a_reason(world: World) -> None:
         asyncio.run(service.create_alert("earthquake", {"area": "宮古市"}))
     with pytest.raises(AlertError, match="unknown template"):
         asyncio.run(service.create_alert("meteor", {}))
+    with pytest.raises(AlertError, match="no platform to send on"):
+        asyncio.run(world.service({}).create_alert("checkin", {"area": "x"}))
     with pytest.raises(AlertError, match="no sender for platform fax"):
         asyncio.run(service.create_alert("checkin", {"area": "x"}, platforms=["fax"]))
 
@@ -324,6 +326,13 @@ def test_line_quota_is_reported_and_an_alert_that_would_exceed_it_is_refused(wor
     assert str(refused) == "LINE monthly quota: 5 of 10 messages left, this alert needs 6; nothing was sent"
     assert service.progress(refused.broadcast_id)["status"] == "refused"
     assert not world.line.calls_to("/multicast") and not world.telegram.calls_to("/sendMessage")
+
+    world.line.quota_limit = 20  # the plan was raised: now it goes out, and the report says what it used
+    senders = world.senders()
+    service = world.service(senders)
+    alert = run(senders, service.create_alert("checkin", {"area": "宮古市"}))
+    assert service.progress(alert)["detail"] == (
+        "LINE monthly quota before sending: 15 of 20 left (5 used); this alert uses 6")
 
 
 # ---------------------------------------------------------------------------- check-in and disaster mode
