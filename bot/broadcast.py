@@ -490,12 +490,19 @@ class BroadcastWorker:
         now = utcnow()
         token = f"{self.name}-{uuid.uuid4().hex[:12]}"
         with self.sessions() as session:
-            session.execute(
-                update(BroadcastDelivery)
+            expired = list(session.scalars(
+                select(BroadcastDelivery.id)
                 .where(BroadcastDelivery.status == "sending", BroadcastDelivery.platform == platform,
                        BroadcastDelivery.lease_until < now)
-                .values(status="queued", claim=None, detail="claim expired (worker stopped)")
-            )
+            ))
+            if expired:  # an idle worker only reads: no write lock taken every second on SQLite
+                session.execute(
+                    update(BroadcastDelivery)
+                    .where(BroadcastDelivery.id.in_(expired), BroadcastDelivery.status == "sending",
+                           BroadcastDelivery.lease_until < now)
+                    .values(status="queued", claim=None, detail="claim expired (worker stopped)")
+                )
+                log.warning("broadcast jobs=%s given back after their worker's lease ended", expired)
             session.commit()
             query = (
                 select(BroadcastDelivery.id)
