@@ -124,6 +124,9 @@ def test_every_template_reads_in_every_language_with_its_fields(world: World) ->
                 assert OFFICIAL[name] in text, (name, language)
             if name.startswith("rain_level"):
                 assert name[-1] in text
+    checkin = asyncio.run(service.preview("checkin", FIELDS["checkin"]))
+    for language, text in checkin.items():  # the text names the button the reader will see
+        assert world.kb.message("checkin_button_help", language) in text, language
     easy = asyncio.run(service.preview("rain_level4", FIELDS["rain_level4"]))["ja-easy"]
     assert "避難指示(ひなんしじ)" in easy and "ください" in easy
 
