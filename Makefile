@@ -8,7 +8,7 @@ ENGINE := .venv-rasa
 TORCH_INDEX ?=
 export RASA_TELEMETRY_ENABLED := false
 
-.PHONY: run test setup chromium train kb-check lint bench-latency bench-accuracy bench-webhooks bench-queue clean
+.PHONY: run test setup chromium train kb-check lint bench-latency bench-accuracy bench-webhooks bench-queue bench-broadcast clean
 
 run: setup
 	$(APP)/bin/python -m bot run
@@ -62,6 +62,8 @@ bench-webhooks: $(APP)/.installed
 
 bench-queue: $(APP)/.installed
 	$(APP)/bin/python bench/queue_page.py
+bench-broadcast: $(APP)/.installed
+	$(APP)/bin/python bench/broadcast.py --write-results
 
 bench-accuracy: setup
 	$(APP)/bin/python bench/accuracy.py

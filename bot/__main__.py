@@ -10,6 +10,8 @@ chat       talk to a running app in the terminal
 create-admin  create a staff account (admin by default): --login NAME [--staff] [--password-stdin]
 create-token  print a new API token for a staff account: --login NAME [--label TEXT]
 translation   offline translation packages: install FILE.argosmodel... | list
+alert      send a disaster alert, follow it, run an alert worker (``alert --help``)
+disaster-mode on|off|status
 """
 
 from __future__ import annotations
@@ -94,6 +96,9 @@ def _kb_check() -> int:
         print("\n".join(exc.problems))
         return 1
     problems = check(kb)
+    from bot.alerts import check_alerts, load_alerts
+
+    problems += check_alerts(load_alerts(kb.root), kb)
     for problem in problems:
         print(problem)
     topics: dict[str, int] = {}
@@ -287,6 +292,9 @@ def main(argv: list[str] | None = None) -> int:
     token = sub.add_parser("create-token", help="print a new API token for a staff account")
     token.add_argument("--login", required=True)
     token.add_argument("--label", default="")
+    from bot import alert_cli
+
+    alert_cli.add_parsers(sub)
     args = parser.parse_args(argv)
     settings = Settings()
     _configure_logging(settings.log_level)
@@ -313,6 +321,8 @@ def main(argv: list[str] | None = None) -> int:
         return _create_token(settings, args.login, args.label)
     if args.command == "chat":
         return _chat(args.url or f"http://{settings.host}:{settings.port}", args.sender)
+    if args.command in ("alert", "disaster-mode"):
+        return alert_cli.run(settings, args)
     return 2
 
 

@@ -22,6 +22,8 @@ from sqlalchemy import Select, delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from bot.broadcast import disaster_mode_on
+from bot.checkin import is_checkin, record_checkin
 from bot.db.models import Conversation, DeliveryAttempt, Escalation, Identity, Message, User, utcnow
 from bot.engine_client import EngineClient, EngineReply, EngineUnavailable
 from bot.knowledge import KnowledgeBase
@@ -398,6 +400,10 @@ class Assistant:
                 hint = normalise_hint(await self._best_effort(connector.profile_language(identity.platform_user_id)))
                 if hint:
                     identity.language_hint = hint
+        if kind == "text" and is_checkin(message.text or ""):  # an alert's safety check-in button
+            language, _ = resolve("", user.language, user.detected_language, identity.language_hint)
+            message.language = language
+            return record_checkin(self, session, message, conversation, user, identity, language), None
         text = (message.text or "") if kind == "text" else ""
         is_payload = text.startswith("/")
         language, detected = resolve(
@@ -415,11 +421,12 @@ class Assistant:
             return self._feedback(session, message, conversation, user, identity, language, text), None
 
         if kind == "welcome":
-            return [self._msg("welcome", language, self._language_buttons())], None
+            welcome = self._msg("welcome", language, self._language_buttons())
+            return [*self._disaster_notice(session, language), welcome], None  # quick replies: last message
         if kind == "unsupported":
             return [self._msg("unsupported_message", language)], None
         if kind == "help":
-            return [self._msg("help", language)], None
+            return [self._msg("help", language), *self._disaster_notice(session, language)], None
         if kind == "language_menu":
             return [self._msg("language_menu", language, self._language_buttons())], None
         if kind == "staff":
@@ -510,7 +517,7 @@ class Assistant:
                     replies.append(self._msg("help", language))
             elif custom.get("suggest"):
                 conversation.failed_understandings += 1
-                replies.append(self._suggest(reply, language))
+                replies.append(self._suggest(reply, language, disaster_first=disaster_mode_on(session)))
             elif custom.get("offer_staff") and reply.intent == "nlu_fallback":
                 conversation.failed_understandings = 0  # the second failure in a row: a case, no question
                 replies.append(self._handoff(session, conversation, user, identity, language, "fallback"))
@@ -553,7 +560,10 @@ class Assistant:
         topic: str | None = None,
     ) -> Reply:
         self.escalate(session, conversation, user, identity, reason, urgent=False, language=language, topic=topic)
-        return self._msg("handoff_created", language, when=self.when_staff_reply(language))
+        when = self.when_staff_reply(language)
+        if disaster_mode_on(session):  # the regional multilingual disaster desk first
+            when = f"{self.kb.message('handoff_when_disaster', language)}\n{when}"
+        return self._msg("handoff_created", language, when=when)
 
     def when_staff_reply(self, language: str) -> str:
         """"Staff are working now" or, out of hours, when they next start, in ``language``."""
@@ -660,13 +670,16 @@ class Assistant:
             log.info("best-effort platform call failed: %s", type(exc).__name__)
             return None
 
-    def _suggest(self, reply: EngineReply, language: str) -> Reply:
+    def _suggest(self, reply: EngineReply, language: str, disaster_first: bool = False) -> Reply:
         keys = [
             item["key"].split("/", 1)[1]
             for item in reply.parse.get("faq_ranking") or []
             if isinstance(item.get("key"), str) and "/" in item["key"]
         ]
-        keys = [key for key in keys if key in self.kb.entries][:SUGGESTIONS]
+        keys = [key for key in keys if key in self.kb.entries]
+        if disaster_first:
+            keys.sort(key=lambda key: self.kb.entries[key].topic != "disaster")
+        keys = keys[:SUGGESTIONS]
         buttons = [Button(self.kb.title(key, language), choose_payload(key)) for key in keys]
         buttons.append(Button(self.kb.message("suggest_none", language), "/deny"))
         return self._msg("suggest_intro", language, buttons)
@@ -839,6 +852,10 @@ class Assistant:
                 select(Message).where(Message.in_reply_to == message_id).order_by(Message.id)
             ).all()
             return tuple(reply_from_row(row) for row in rows)
+
+    def _disaster_notice(self, session: Session, language: str) -> list[Reply]:
+        """In disaster mode, the welcome and help point to the regional multilingual disaster desk."""
+        return [self._msg("disaster_mode_notice", language)] if disaster_mode_on(session) else []
 
 
 def _sent_to(platform: str, platform_user_id: str) -> Select[Message]:

@@ -74,3 +74,9 @@ class Settings(BaseSettings):
                 url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
             return url
         return f"sqlite:///{self.data_dir / 'consult.db'}"
+
+    # Disaster alerts (bot/broadcast.py)
+    telegram_broadcast_rate: float = 30.0
+    """Alert messages a second to Telegram, all chats together (Telegram allows about 30)."""
+    broadcast_workers: bool = True
+    """Deliver queued alerts from this app process (set false where a separate ``alert worker`` runs)."""

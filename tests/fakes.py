@@ -14,10 +14,12 @@ import base64
 import hashlib
 import hmac
 import json
+import random
 import socket
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,6 +40,7 @@ class Call:
     headers: dict[str, str]
     body: dict[str, Any]
     status: int = 200
+    at: float = field(default_factory=time.monotonic)
 
 
 @dataclass
@@ -78,11 +81,11 @@ class FakeServer:
             stall = self._stalls[path].pop(0) if self._stalls.get(path) else 0.0
             failures = self._failures.get(path) or []
             if not failures:
-                return stall, None
+                return stall, self._chaos(path)
             failure = failures[0]
             if failure.after > 0:
                 failure.after -= 1
-                return stall, None
+                return stall, self._chaos(path)
             failure.times -= 1
             if failure.times <= 0:
                 failures.pop(0)
@@ -128,6 +131,37 @@ class FakeServer:
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
 
+    # ---------------------------------------------------------------- random failures (alerts bench)
+
+    def chaos(self, rate: float, paths: tuple[str, ...], seed: int = 0, retry_after: int = 1,
+              statuses: tuple[int, ...] = (429, 500)) -> None:
+        """Answer ``rate`` (0..1) of the calls to ``paths`` with one of ``statuses``, at random (seeded)."""
+        with self._lock:
+            self._chaos_rate = rate
+            self._chaos_paths = paths
+            self._chaos_random = random.Random(seed)
+            self._chaos_retry_after = retry_after
+            self._chaos_statuses = statuses
+
+    def _chaos(self, path: str) -> _Failure | None:
+        """Called with the lock held."""
+        rate = getattr(self, "_chaos_rate", 0.0)
+        if not rate or path not in self._chaos_paths or self._chaos_random.random() >= rate:
+            return None
+        status = self._chaos_random.choice(self._chaos_statuses)
+        return self._chaos_failure(status)
+
+    def _chaos_failure(self, status: int) -> _Failure:
+        headers = {"Retry-After": str(self._chaos_retry_after)} if status == 429 else {}
+        return _Failure(status, {"message": "injected failure"}, headers, 1)
+
+    def rate(self, path_end: str, ok_only: bool = True) -> float:
+        """Calls per second to a path, first call to last (only answered 200 when ``ok_only``)."""
+        stamps = sorted(c.at for c in self.calls_to(path_end) if c.status == 200 or not ok_only)
+        if len(stamps) < 2:
+            return 0.0
+        return (len(stamps) - 1) / (stamps[-1] - stamps[0])
+
 
 # ==================================================================== LINE
 
@@ -143,6 +177,16 @@ class FakeLine(FakeServer):
     _tokens: dict[str, str] = field(default_factory=dict)
     _used_retry_keys: set[str] = field(default_factory=set)
     _expired: bool = False
+    blocked_users: set[str] = field(default_factory=set)
+    """Users who blocked the account: a push to them is answered 403, a multicast skips them."""
+    quota_limit: int | None = None
+    """The monthly message quota (None: unlimited, type "none")."""
+    quota_used: int = 0
+    received: Counter[str] = field(default_factory=Counter)
+    """Alert deliveries per user (push and multicast that LINE accepted)."""
+    late_failure_rate: float = 0.0
+    """Part of push/multicast calls that are delivered and then answered 500 (a lost answer)."""
+    late_failures: int = 0
 
     def issue_reply_token(self, user_id: str) -> str:
         token = uuid.uuid4().hex
@@ -175,6 +219,9 @@ class FakeLine(FakeServer):
         app = web.Application()
         app.router.add_post("/v2/bot/message/reply", self._reply)
         app.router.add_post("/v2/bot/message/push", self._push)
+        app.router.add_post("/v2/bot/message/multicast", self._multicast)
+        app.router.add_get("/v2/bot/message/quota", self._quota)
+        app.router.add_get("/v2/bot/message/quota/consumption", self._quota_consumption)
         app.router.add_post("/v2/bot/chat/loading/start", self._loading)
         app.router.add_get("/v2/bot/profile/{user_id}", self._profile)
         app.router.add_route("*", "/{tail:.*}", self._other)
@@ -225,7 +272,14 @@ class FakeLine(FakeServer):
             self._record(call)
             return web.json_response({"message": "The retry key is already accepted"}, status=409,
                                      headers={"x-line-accepted-request-id": "accepted"})
+        if call.body.get("to") in self.blocked_users:
+            call.status = 403
+            self._record(call)
+            return web.json_response({"message": "The user blocked the account"}, status=403)
         self._record(call)
+        self._accept([str(call.body.get("to"))])
+        if self._late_failure():
+            return web.json_response({"message": "injected failure after delivery"}, status=500)
         return web.json_response({"sentMessages": [{"id": str(i)} for i, _ in enumerate(call.body["messages"])]})
 
     async def _loading(self, request: web.Request) -> web.Response:
@@ -255,6 +309,64 @@ class FakeLine(FakeServer):
         if request.path == "/v2/bot/richmenu":
             return web.json_response({"richMenuId": f"richmenu-{uuid.uuid4().hex}"})
         return web.json_response({})
+
+    # ---------------------------------------------------------------- alerts: multicast and quota
+
+    def _accept(self, users: list[str]) -> None:
+        with self._lock:
+            for user in users:
+                self.received[user] += 1
+            self.quota_used += len(users)
+
+    def _late_failure(self) -> bool:
+        if not self.late_failure_rate:
+            return False
+        with self._lock:
+            late = getattr(self, "_chaos_random", random.Random(0)).random() < self.late_failure_rate
+            self.late_failures += late
+            return late
+
+    async def _multicast(self, request: web.Request) -> web.Response:
+        """Up to 500 user ids; a repeated X-Line-Retry-Key is answered 409 and not delivered again."""
+        call, error = await self._begin(request)
+        if error is not None:
+            return error
+        to = [str(user) for user in call.body.get("to") or []]
+        if not to or len(to) > 500:
+            call.status = 400
+            self._record(call)
+            return web.json_response({"message": "The property, 'to', must be 1 to 500 user ids"}, status=400)
+        key = request.headers.get("X-Line-Retry-Key")
+        with self._lock:
+            seen = key in self._used_retry_keys if key else False
+            if key:
+                self._used_retry_keys.add(key)
+        if seen:
+            call.status = 409
+            self._record(call)
+            return web.json_response({"message": "The retry key is already accepted"}, status=409,
+                                     headers={"x-line-accepted-request-id": "accepted"})
+        self._record(call)
+        self._accept([user for user in to if user not in self.blocked_users])
+        if self._late_failure():
+            return web.json_response({"message": "injected failure after delivery"}, status=500)
+        return web.json_response({})
+
+    async def _quota(self, request: web.Request) -> web.Response:
+        call, error = await self._begin(request)
+        if error is not None:
+            return error
+        self._record(call)
+        if self.quota_limit is None:
+            return web.json_response({"type": "none"})
+        return web.json_response({"type": "limited", "value": self.quota_limit})
+
+    async def _quota_consumption(self, request: web.Request) -> web.Response:
+        call, error = await self._begin(request)
+        if error is not None:
+            return error
+        self._record(call)
+        return web.json_response({"totalUsage": self.quota_used})
 
 
 def line_event(kind: str, user_id: str, token: str | None, event_id: str | None = None, redelivery: bool = False,
@@ -294,6 +406,10 @@ class FakeTelegram(FakeServer):
     updates: list[dict[str, Any]] = field(default_factory=list)
     """Handed out by getUpdates (long polling)."""
     _message_ids: int = 0
+    blocked_chats: set[int] = field(default_factory=set)
+    """Chats whose user blocked the bot: sendMessage answers 403."""
+    received: Counter[int] = field(default_factory=Counter)
+    """Messages per chat that sendMessage accepted."""
 
     @property
     def base_url(self) -> str:
@@ -332,6 +448,9 @@ class FakeTelegram(FakeServer):
         stall, failure = self._scripted(f"/{method}")
         if stall:
             await asyncio.sleep(stall)
+        if failure is None and method == "sendMessage" and int(body.get("chat_id") or 0) in self.blocked_chats:
+            failure = _Failure(403, {"ok": False, "error_code": 403,
+                                     "description": "Forbidden: bot was blocked by the user"}, {}, 1)
         if failure is not None:
             call.status = failure.status
             self._record(call)
@@ -350,8 +469,16 @@ class FakeTelegram(FakeServer):
         with self._lock:
             self._message_ids += 1
             message_id = self._message_ids
+            self.received[int(body["chat_id"])] += 1
         return {"message_id": message_id, "date": int(time.time()),
                 "chat": {"id": int(body["chat_id"]), "type": "private"}, "text": body.get("text", "")}
+
+    def _chaos_failure(self, status: int) -> _Failure:
+        if status == 429:
+            return _Failure(429, {"ok": False, "error_code": 429, "description": "Too Many Requests: retry after "
+                                  f"{self._chaos_retry_after}", "parameters": {"retry_after": self._chaos_retry_after}},
+                            {"Retry-After": str(self._chaos_retry_after)}, 1)
+        return _Failure(status, {"ok": False, "error_code": status, "description": "Internal Server Error"}, {}, 1)
 
     async def _m_getUpdates(self, body: dict[str, Any]) -> list[dict[str, Any]]:
         offset = int(body.get("offset") or 0)

@@ -240,6 +240,77 @@ class CannedReply(Base):
     updated_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
+class Broadcast(Base):
+    """An alert sent to many users (``bot/broadcast.py``): the template, its fields, who it is for."""
+
+    __tablename__ = "broadcasts"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    template: Mapped[str] = mapped_column(String(64))
+    fields: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    free_text: Mapped[str] = mapped_column(Text, default="")
+    target: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    """``{"areas": [...], "languages": [...], "platforms": [...]}``; an empty list means everyone."""
+    texts: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    """The rendered alert per language, fixed when it is queued."""
+    machine_translated: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    """Languages whose free text was machine-translated."""
+    status: Mapped[str] = mapped_column(String(16), default="queued")
+    """queued, sending, done, refused."""
+    detail: Mapped[str] = mapped_column(String(300), default="")
+    created_by: Mapped[str] = mapped_column(String(64), default="")
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class BroadcastDelivery(Base):
+    """One delivery job: a Telegram chat, a LINE user (push) or up to 500 LINE users (multicast).
+
+    Claimed with a conditional UPDATE (``status='queued'`` → ``sending`` with a claim token), so two
+    workers never take the same one; a claim whose worker died is given back after its lease.
+    """
+
+    __tablename__ = "broadcast_deliveries"
+    __table_args__ = (
+        Index("ix_broadcast_deliveries_due", "status", "platform", "next_attempt_at"),
+        Index("ix_broadcast_deliveries_broadcast", "broadcast_id", "status"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    broadcast_id: Mapped[int] = mapped_column(ForeignKey("broadcasts.id", ondelete="CASCADE"))
+    platform: Mapped[str] = mapped_column(String(16))
+    language: Mapped[str] = mapped_column(String(16))
+    addresses: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    user_ids: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    recipients: Mapped[int] = mapped_column(Integer, default=1)
+    status: Mapped[str] = mapped_column(String(16), default="queued")
+    """queued, sending, sent, failed, blocked."""
+    retry_key: Mapped[str] = mapped_column(String(64))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    claim: Mapped[str | None] = mapped_column(String(64))
+    lease_until: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    detail: Mapped[str] = mapped_column(String(200), default="")
+    updated_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class CheckinAnswer(Base):
+    """A user's answer to a safety check-in (the latest one counts)."""
+
+    __tablename__ = "checkin_answers"
+    __table_args__ = (UniqueConstraint("broadcast_id", "user_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    broadcast_id: Mapped[int] = mapped_column(ForeignKey("broadcasts.id", ondelete="CASCADE"))
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    answer: Mapped[str] = mapped_column(String(8))
+    """safe, help."""
+    area: Mapped[str | None] = mapped_column(String(64))
+    escalation_id: Mapped[int | None] = mapped_column(ForeignKey("escalations.id", ondelete="SET NULL"))
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
 class KbSuggestion(Base):
     """A staff answer proposed as a knowledge-base entry; an admin accepts it into a draft file."""
 
@@ -258,3 +329,14 @@ class KbSuggestion(Base):
     decided_by: Mapped[int | None] = mapped_column(ForeignKey("staff_users.id", ondelete="SET NULL"))
     decided_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Switch(Base):
+    """A stored switch every worker reads (disaster mode)."""
+
+    __tablename__ = "switches"
+
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    on: Mapped[bool] = mapped_column(Boolean, default=False)
+    changed_by: Mapped[str] = mapped_column(String(64), default="")
+    changed_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -14,6 +14,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from bot.broadcast import BroadcastService, BroadcastWorker, FreeTextTranslator
 from bot.db import make_engine, sessions, upgrade
 from bot.engine_client import EngineClient
 from bot.helpdesk import HelpDesk
@@ -59,6 +60,17 @@ def configured_channels(settings: Settings) -> list[Channel]:
     return list(channels(settings))
 
 
+def build_broadcasts(
+    settings: Settings, assistant: Assistant, translator: FreeTextTranslator | None = None
+) -> tuple[BroadcastService, BroadcastWorker]:
+    """The alert service (for the console and API) and its delivery worker, on the configured platforms."""
+    from connectors.broadcast import broadcasters
+
+    senders = broadcasters(settings)
+    service = BroadcastService(assistant.kb, assistant.sessions, senders, translator=translator)
+    return service, BroadcastWorker(assistant.kb, assistant.sessions, senders)
+
+
 def build_assistant(settings: Settings, connectors: Mapping[str, Connector] | None = None) -> Assistant:
     """Everything the pipeline needs, from settings. Migrates the database to the newest schema."""
     url = settings.resolved_database_url()
@@ -100,8 +112,8 @@ def create_app(
     """The app; ``channels`` default to the platforms configured in ``settings``."""
     channels = list(configured_channels(settings) if channels is None else channels)
     assistant = assistant or build_assistant(settings, {c.connector.platform: c.connector for c in channels})
-
     helpdesk = build_helpdesk(settings, assistant)
+    broadcasts, broadcast_worker = build_broadcasts(settings, assistant, helpdesk.translator)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -110,12 +122,18 @@ def create_app(
         worker = asyncio.create_task(_retry_loop(assistant, helpdesk, settings.retry_interval))
         for channel in channels:
             await channel.start(assistant)
+        alerts = asyncio.create_task(broadcast_worker.run()) if settings.broadcast_workers else None
         try:
             yield
         finally:
             worker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await worker
+            if alerts is not None:
+                broadcast_worker.stop()  # sends in flight finish and are recorded
+                await alerts
+            for sender in broadcast_worker.senders.values():
+                await sender.close()
             for channel in channels:
                 await channel.close()
             await assistant.engine.close()
@@ -127,6 +145,7 @@ def create_app(
     app.state.assistant = assistant
     app.state.settings = settings
     app.state.helpdesk = helpdesk
+    app.state.broadcasts = broadcasts
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
