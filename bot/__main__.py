@@ -7,6 +7,7 @@ train      train the Rasa model if its inputs changed (--force to always)
 kb-check   validate the knowledge base, the catalog and the training data
 db-upgrade bring the database to the newest schema
 chat       talk to a running app in the terminal
+privacy    export / delete one user's data (--platform P --user ID), purge old messages
 """
 
 from __future__ import annotations
@@ -214,6 +215,11 @@ def main(argv: list[str] | None = None) -> int:
     chat = sub.add_parser("chat")
     chat.add_argument("--url", default=None)
     chat.add_argument("--sender", default=f"cli-{os.getpid()}-{int(time.time())}")
+    privacy = sub.add_parser("privacy")
+    privacy.add_argument("action", choices=("export", "delete", "purge"))
+    privacy.add_argument("--platform", default="")
+    privacy.add_argument("--user", default="")
+    privacy.add_argument("--days", type=int, default=None, help="purge: default CONSULT_RETENTION_DAYS")
     args = parser.parse_args(argv)
     settings = Settings()
     _configure_logging(settings.log_level)
@@ -234,6 +240,13 @@ def main(argv: list[str] | None = None) -> int:
 
         upgrade(settings.resolved_database_url())
         return 0
+    if args.command == "privacy":
+        from bot.privacy import command
+
+        if args.action != "purge" and not (args.platform and args.user):
+            parser.error("export and delete need --platform and --user")
+        days = settings.retention_days if args.days is None else args.days
+        return command(args.action, settings.resolved_database_url(), args.platform, args.user, days)
     if args.command == "chat":
         return _chat(args.url or f"http://{settings.host}:{settings.port}", args.sender)
     return 2

@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Select, delete, select, update
+from sqlalchemy import Select, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -29,6 +29,8 @@ from bot.language_id import normalise_hint, resolve
 from bot.languages import LANGUAGES
 from bot.office_hours import OfficeHours
 from bot.ports import Button, Connector, DeliveryError, Inbound, Reply
+from bot.privacy import DeleteCommand, forget
+from bot.ratelimit import ANSWER, NOTIFY, RateLimiter
 from bot.safety import SafetyNet, normalise
 
 log = logging.getLogger(__name__)
@@ -67,6 +69,7 @@ class Assistant:
         connectors: Mapping[str, Connector],
         engine_message_chars: int = 500,
         clock: Any = utcnow,
+        limiter: RateLimiter | None = None,
     ) -> None:
         self.kb = kb
         self.sessions = sessions
@@ -77,6 +80,8 @@ class Assistant:
         self.hours = OfficeHours(kb.region)
         self.clock = clock
         self._language_names = self._build_language_names(kb)
+        self._delete_command = DeleteCommand(kb)
+        self.limiter = limiter
 
     # ------------------------------------------------------------------ intake
 
@@ -219,7 +224,9 @@ class Assistant:
             identity = session.get(Identity, conversation.identity_id)
             user = session.get(User, conversation.user_id)
             assert identity is not None and user is not None
+            language_before = _menu_language(user, identity)
             replies, engine_reply = await self._decide(session, message, conversation, identity, user)
+            language_after = _menu_language(user, identity)
             if message.status == "processing":
                 message.status = "answered"
             if engine_reply is not None:
@@ -234,6 +241,8 @@ class Assistant:
             await self.deliver(platform, address, outbound, replies, inbound_id=message_id)
         elif replies:
             self._mark(outbound, "sent")
+        if language_after and language_after != language_before and platform in self.connectors:
+            await self._best_effort(self.connectors[platform].language_changed(address, language_after))
         return replies
 
     def _claim_reply_context(self, inbound_id: int) -> dict[str, str]:
@@ -275,11 +284,27 @@ class Assistant:
             sent = list(outbound[: exc.delivered])
             rest = list(outbound[exc.delivered :])
             self._mark(sent, "sent")
+            if exc.unsubscribed:
+                self._unsubscribe(platform, address)
+            if exc.uncertain and rest and not replies[exc.delivered].key.startswith("msg:emergency"):
+                self._mark(rest[:1], "uncertain")  # may have arrived; never sent blindly twice
+                self._attempt(rest[:1], platform, "uncertain", str(exc))
+                rest = rest[1:]
             self._schedule_retry(rest, platform, exc)
             return False
         self._mark(outbound, "sent")
         self._attempt(outbound, platform, "sent", "")
         return True
+
+    def _unsubscribe(self, platform: str, address: str) -> None:
+        with self.sessions() as session:
+            session.execute(
+                update(Identity)
+                .where(Identity.platform == platform, Identity.platform_user_id == address)
+                .values(unsubscribed=True)
+            )
+            session.commit()
+        log.info("platform=%s refused delivery for good: the identity is marked unsubscribed", platform)
 
     def _attempt(self, outbound: Sequence[int], platform: str, outcome: str, detail: str) -> None:
         if not outbound:
@@ -343,7 +368,9 @@ class Assistant:
                     continue
                 conversation = session.get(Conversation, rows[0].conversation_id)
                 identity = session.get(Identity, conversation.identity_id) if conversation else None
-                if identity is None:
+                if identity is None or identity.unsubscribed:
+                    session.execute(update(Message).where(Message.id.in_(ids)).values(status="failed"))
+                    session.commit()
                     continue
                 replies = [reply_from_row(row) for row in rows]
                 platform, address = identity.platform, identity.platform_user_id
@@ -388,6 +415,10 @@ class Assistant:
             identity.unsubscribed = True
             log.info("identity=%s unsubscribed platform=%s", identity.id, identity.platform)
             return [], None
+        if (message.attempts or 0) <= 1:
+            identity.unsubscribed = False  # whoever writes can be answered (a Telegram user unblocked the bot)
+        if kind == "text" and self._delete_command.matches(message.text or ""):
+            kind = message.kind = "delete_data"
         if kind == "welcome":
             identity.unsubscribed = False
             if connector is not None and not user.language:
@@ -413,7 +444,7 @@ class Assistant:
             conversation.failed_understandings = 0
             return [self._handoff(session, conversation, user, identity, language)], None
         if kind == "delete_data":
-            self._delete_data(session, message, user, identity)
+            forget(session, user, keep_message_id=message.id)
             return [self._msg("data_deleted", language)], None
 
         if not has_words(text):
@@ -430,6 +461,13 @@ class Assistant:
             self._escalate(session, conversation, user, identity, "safety", urgent=True, language=language)
             log.warning("safety net: kind=%s conversation=%s", emergency.kind, conversation.id)
             return [self._msg(f"emergency_{emergency.kind}", language), self._msg("emergency_followup", language)], None
+
+        if self.limiter is not None:  # after the safety net: an emergency is always answered
+            verdict = self.limiter.judge(session, message, identity.id)
+            if verdict != ANSWER:
+                message.status = "limited"
+                log.info("rate limit: message=%s identity=%s %s", message.id, identity.id, verdict)
+                return ([self._msg("rate_limited", language)] if verdict == NOTIFY else []), None
 
         waiting = session.scalars(
             select(Message.id).where(
@@ -534,26 +572,6 @@ class Assistant:
             )
         )
         return self._msg("handoff_created", language, when=when)
-
-    def _delete_data(self, session: Session, message: Message, user: User, identity: Identity) -> None:
-        """Delete what the user told us and what we learnt about them.
-
-        Kept: the user and platform identity (to deliver the confirmation) and this request, emptied,
-        so that a redelivered event is recognised and not acted on twice.
-        """
-        conversation_ids = select(Conversation.id).where(Conversation.user_id == user.id)
-        session.execute(delete(Escalation).where(Escalation.user_id == user.id))
-        session.execute(
-            delete(Message).where(Message.conversation_id.in_(conversation_ids), Message.id != message.id)
-        )
-        message.text = ""
-        message.payload = None
-        user.language = None
-        user.detected_language = None
-        user.area = None
-        for other in session.scalars(select(Identity).where(Identity.user_id == user.id)):
-            other.language_hint = None
-        log.info("deleted the data of user=%s on request message=%s", user.id, message.id)
 
     @staticmethod
     async def _best_effort(call: Any) -> Any:
@@ -692,6 +710,14 @@ class Assistant:
                 select(Message).where(Message.in_reply_to == message_id).order_by(Message.id)
             ).all()
             return tuple(reply_from_row(row) for row in rows)
+
+
+def _menu_language(user: User, identity: Identity) -> str | None:
+    """The language the user is answered in by default (their choice, else detected, else the platform's)."""
+    for language in (user.language, user.detected_language, identity.language_hint):
+        if language in LANGUAGES:
+            return language
+    return None
 
 
 def _sent_to(platform: str, platform_user_id: str) -> Select[Message]:

@@ -37,6 +37,9 @@ class RestConnector:
     async def profile_language(self, address: str) -> str | None:
         return None
 
+    async def language_changed(self, address: str, language: str) -> None:
+        return None
+
 
 def _bad(reason: str, status: int = 400) -> JSONResponse:
     return JSONResponse({"error": reason}, status_code=status)

@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx
 from fastapi import APIRouter, BackgroundTasks, Request
 from fastapi.responses import JSONResponse
 from telegram import Bot, InlineKeyboardButton, InlineKeyboardMarkup, Update
@@ -48,6 +49,8 @@ COMMANDS = {
 """Bot commands and the inbound kind each one is."""
 POLL_TIMEOUT = 25
 ALLOWED_UPDATES = ("message", "callback_query", "my_chat_member")
+MAYBE_SENT = (httpx.ReadTimeout, httpx.WriteTimeout, httpx.ReadError, httpx.WriteError, httpx.RemoteProtocolError)
+"""Transport failures after the request went out: Telegram may have shown the message (it has no retry key)."""
 
 log = logging.getLogger(__name__)
 
@@ -117,13 +120,15 @@ class TelegramConnector:
                     await asyncio.sleep(wait)
                     continue
                 raise DeliveryError("Telegram flood control", delivered=delivered, retry_after=wait) from exc
-            except Forbidden as exc:  # the user blocked the bot
-                raise DeliveryError("Telegram: forbidden", delivered=delivered, permanent=True) from exc
+            except Forbidden as exc:  # the user blocked the bot (or deleted their account)
+                raise DeliveryError("Telegram: forbidden", delivered=delivered, unsubscribed=True) from exc
             except BadRequest as exc:
                 raise DeliveryError(f"Telegram bad request: {exc.message[:80]}", delivered=delivered,
                                     permanent=True) from exc
             except (NetworkError, TelegramError) as exc:  # TimedOut is a NetworkError
-                raise DeliveryError(f"Telegram {type(exc).__name__}", delivered=delivered) from exc
+                uncertain = isinstance(exc.__cause__, MAYBE_SENT)
+                detail = type(exc.__cause__).__name__ if uncertain else type(exc).__name__
+                raise DeliveryError(f"Telegram {detail}", delivered=delivered, uncertain=uncertain) from exc
 
     async def thinking(self, address: str) -> None:
         bot = await self.api()
@@ -131,6 +136,9 @@ class TelegramConnector:
 
     async def profile_language(self, address: str) -> str | None:
         return None  # every update carries the user's language_code
+
+    async def language_changed(self, address: str, language: str) -> None:
+        return None  # the command menu follows the user's Telegram language (setMyCommands per language)
 
     async def answer_callback(self, callback_id: str) -> None:
         try:
