@@ -32,6 +32,7 @@ from bot.ports import Button, Connector, DeliveryError, Inbound, Reply
 from bot.privacy import DeleteCommand, forget
 from bot.ratelimit import ANSWER, NOTIFY, RateLimiter
 from bot.safety import SafetyNet, normalise
+from bot.sanitize import clean_inbound
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +96,7 @@ class Assistant:
 
     def store_inbound(self, inbound: Inbound) -> tuple[int, bool]:
         """Store the message first; returns ``(message id, was it already stored)``."""
+        inbound = clean_inbound(inbound)
         with self.sessions() as session:
             if inbound.event_id:
                 existing = session.scalar(
@@ -432,6 +434,10 @@ class Assistant:
             user.detected_language = detected
         message.language = language
 
+        limited = self._rate_limited(session, message, identity, kind, text, language)
+        if limited is not None:
+            return limited, None
+
         if kind == "welcome":
             return [self._msg("welcome", language, self._language_buttons())], None
         if kind == "unsupported":
@@ -462,13 +468,6 @@ class Assistant:
             log.warning("safety net: kind=%s conversation=%s", emergency.kind, conversation.id)
             return [self._msg(f"emergency_{emergency.kind}", language), self._msg("emergency_followup", language)], None
 
-        if self.limiter is not None:  # after the safety net: an emergency is always answered
-            verdict = self.limiter.judge(session, message, identity.id)
-            if verdict != ANSWER:
-                message.status = "limited"
-                log.info("rate limit: message=%s identity=%s %s", message.id, identity.id, verdict)
-                return ([self._msg("rate_limited", language)] if verdict == NOTIFY else []), None
-
         waiting = session.scalars(
             select(Message.id).where(
                 Message.conversation_id == conversation.id,
@@ -494,6 +493,22 @@ class Assistant:
         if len(text) > self.engine_message_chars and replies:
             replies.insert(0, self._msg("too_long", language))
         return replies, reply
+
+    def _rate_limited(
+        self, session: Session, message: Message, identity: Identity, kind: str, text: str, language: str
+    ) -> list[Reply] | None:
+        """None to answer; else what a user over the rate limit gets (one notice, then nothing).
+        An emergency and a request to delete one's data are always answered."""
+        if self.limiter is None or kind == "delete_data":
+            return None
+        if kind == "text" and has_words(text) and self.safety.check(text) is not None:
+            return None
+        verdict = self.limiter.judge(session, message, identity)
+        if verdict == ANSWER:
+            return None
+        message.status = "limited"
+        log.info("rate limit: message=%s identity=%s %s", message.id, identity.id, verdict)
+        return [self._msg("rate_limited", language)] if verdict == NOTIFY else []
 
     # ------------------------------------------------------------------ rendering
 

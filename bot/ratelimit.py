@@ -9,12 +9,16 @@ Judging a message twice (a retry) gives the same verdict, whichever worker does 
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from typing import Protocol
 
+import redis
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from bot.db.models import Conversation, Message
+from bot.db.models import Conversation, Identity, Message
+
+log = logging.getLogger(__name__)
 
 WINDOW = dt.timedelta(seconds=60)
 ANSWER, NOTIFY, SILENT = "answer", "notify", "silent"
@@ -29,7 +33,7 @@ def verdict_for(count: int, limit: int) -> str:
 class RateLimiter(Protocol):
     limit: int
 
-    def judge(self, session: Session, message: Message, identity_id: int) -> str:
+    def judge(self, session: Session, message: Message, identity: Identity) -> str:
         """:data:`ANSWER`, :data:`NOTIFY` or :data:`SILENT` for this stored inbound message."""
         ...
 
@@ -40,7 +44,7 @@ class DatabaseRateLimiter:
     def __init__(self, limit: int) -> None:
         self.limit = limit
 
-    def judge(self, session: Session, message: Message, identity_id: int) -> str:
+    def judge(self, session: Session, message: Message, identity: Identity) -> str:
         if self.limit <= 0:
             return ANSWER
         at = _aware(message.created_at)
@@ -48,7 +52,7 @@ class DatabaseRateLimiter:
             select(func.count(Message.id))
             .join(Conversation, Conversation.id == Message.conversation_id)
             .where(
-                Conversation.identity_id == identity_id,
+                Conversation.identity_id == identity.id,
                 Message.direction == "in",
                 Message.id <= message.id,
                 Message.created_at > at - WINDOW,
@@ -61,16 +65,14 @@ class RedisRateLimiter:
     """A sorted set per platform user (message id scored by arrival time), for many workers at scale."""
 
     def __init__(self, url: str, limit: int, prefix: str = "consult:rate:") -> None:
-        import redis
-
         self.limit = limit
         self.prefix = prefix
         self.redis = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
 
-    def judge(self, session: Session, message: Message, identity_id: int) -> str:
+    def judge(self, session: Session, message: Message, identity: Identity) -> str:
         if self.limit <= 0:
             return ANSWER
-        key = f"{self.prefix}{identity_id}"
+        key = f"{self.prefix}{identity.platform}:{identity.platform_user_id}"
         at = _aware(message.created_at).timestamp()
         window = WINDOW.total_seconds()
         pipe = self.redis.pipeline()
@@ -78,7 +80,11 @@ class RedisRateLimiter:
         pipe.zremrangebyscore(key, "-inf", at - 2 * window)
         pipe.zrangebyscore(key, f"({at - window}", at, withscores=False)
         pipe.expire(key, int(2 * window) + 5)
-        members = pipe.execute()[2]
+        try:
+            members = pipe.execute()[2]
+        except redis.RedisError as exc:  # fail open: an answer matters more than a limit
+            log.warning("rate limit not checked, Redis failed: %s", type(exc).__name__)
+            return ANSWER
         count = sum(1 for member in members if int(member) <= message.id)
         return verdict_for(count, self.limit)
 
