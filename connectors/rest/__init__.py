@@ -16,6 +16,7 @@ from fastapi.responses import JSONResponse
 
 from bot.pipeline import Assistant
 from bot.ports import Inbound, Reply
+from bot.sanitize import clean_text
 
 PLATFORM = "rest"
 MAX_SENDER = 128
@@ -83,6 +84,7 @@ def router(assistant: Assistant) -> APIRouter:
         hint = metadata.get("language") if isinstance(metadata, dict) else None
         hint = hint if isinstance(hint, str) else None
         text = text.replace("\x00", "")
+        sender = clean_text(sender)  # echoed in the answer: it must encode as UTF-8
         outcome = await assistant.handle(
             Inbound(platform=PLATFORM, platform_user_id=sender, text=text, event_id=event_id, language_hint=hint)
         )

@@ -148,6 +148,10 @@ class TelegramConnector:
             log.info("answerCallbackQuery failed: %s", type(exc).__name__)
 
 
+class NotAnUpdate(ValueError):
+    """An update that parsed but lacks what its kind requires (e.g. a chat member change without members)."""
+
+
 def _command(text: str) -> str | None:
     if not text.startswith("/"):
         return None
@@ -220,7 +224,10 @@ class TelegramChannel:
     def accept(self, assistant: Assistant, update: Update) -> tuple[int | None, str | None]:
         """Store one update. Returns the message id to answer (None: duplicate or nothing to answer)
         and the callback query to acknowledge."""
-        inbound, callback_id = to_inbound(update, assistant)
+        try:
+            inbound, callback_id = to_inbound(update, assistant)
+        except (AttributeError, TypeError, ValueError) as exc:
+            raise NotAnUpdate(type(exc).__name__) from exc
         if inbound is None:
             return None, callback_id
         message_id, duplicate = assistant.store_inbound(inbound)
@@ -275,7 +282,11 @@ class TelegramChannel:
                 continue
             for update in updates:
                 offset = max(offset, update.update_id + 1)
-                message_id, callback_id = self.accept(assistant, update)
+                try:
+                    message_id, callback_id = self.accept(assistant, update)
+                except NotAnUpdate:
+                    log.warning("Telegram update=%s skipped: not a complete update", update.update_id)
+                    continue
                 self._spawn(self._after(assistant, message_id, callback_id))
 
     def router(self, assistant: Assistant) -> APIRouter:
@@ -300,7 +311,10 @@ class TelegramChannel:
             except (ValueError, TypeError, KeyError, AttributeError):
                 return JSONResponse({"error": "the body is not a Telegram update (JSON with an update_id)"},
                                     status_code=400)
-            message_id, callback_id = self.accept(assistant, update)
+            try:
+                message_id, callback_id = self.accept(assistant, update)
+            except NotAnUpdate:
+                return JSONResponse({"error": "the update lacks fields its kind requires"}, status_code=400)
             if message_id is not None or callback_id is not None:
                 background.add_task(self._after, assistant, message_id, callback_id)
             return JSONResponse({})
