@@ -86,12 +86,16 @@ def menu_request(kb: KnowledgeBase, language: str) -> RichMenuRequest:
 def users_by_language(settings: Settings) -> dict[str, list[str]]:
     """LINE user ids by the language they are answered in (choice, else detected, else hint)."""
     found: dict[str, list[str]] = {}
-    with sessions(make_engine(settings.resolved_database_url()))() as session:
-        rows = session.execute(
-            select(Identity.platform_user_id, User.language, User.detected_language, Identity.language_hint)
-            .join(User, User.id == Identity.user_id)
-            .where(Identity.platform == "line", Identity.unsubscribed.is_(False))
-        ).all()
+    engine = make_engine(settings.resolved_database_url())
+    try:
+        with sessions(engine)() as session:
+            rows = session.execute(
+                select(Identity.platform_user_id, User.language, User.detected_language, Identity.language_hint)
+                .join(User, User.id == Identity.user_id)
+                .where(Identity.platform == "line", Identity.unsubscribed.is_(False))
+            ).all()
+    finally:
+        engine.dispose()
     for user_id, chosen, detected, hint in rows:
         language = next((lang for lang in (chosen, detected, hint) if lang in LANGUAGES), DEFAULT_LANGUAGE)
         if user_id.startswith("U"):  # users, not groups or rooms
