@@ -42,6 +42,7 @@ MAX_DELIVERY_ATTEMPTS = 8
 RETRY_BACKOFF = (2.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0)
 """Seconds before delivery attempt 2, 3, ...; the platform's Retry-After wins when it is longer."""
 THINKING_TIMEOUT = 2.0
+MAX_PROCESSING_ATTEMPTS = 3
 
 
 @dataclass(frozen=True)
@@ -211,6 +212,17 @@ class Assistant:
                 break
         return await self._process_one(message_id, deliver=deliver)
 
+    def _release(self, message_id: int) -> None:
+        """A message whose processing crashed goes back to the worker (``failed`` after a few tries)."""
+        with self.sessions() as session:
+            attempts = session.scalar(select(Message.attempts).where(Message.id == message_id)) or 0
+            status = "failed" if attempts >= MAX_PROCESSING_ATTEMPTS else "received"
+            session.execute(
+                update(Message).where(Message.id == message_id, Message.status == "processing").values(status=status)
+            )
+            session.commit()
+        log.error("processing message=%s failed (attempt %d); status %s", message_id, attempts, status)
+
     def _still_waiting(self, message_id: int) -> bool:
         with self.sessions() as session:
             return session.scalar(select(Message.status).where(Message.id == message_id)) == "waiting_engine"
@@ -227,7 +239,12 @@ class Assistant:
             user = session.get(User, conversation.user_id)
             assert identity is not None and user is not None
             language_before = _menu_language(user, identity)
-            replies, engine_reply = await self._decide(session, message, conversation, identity, user)
+            try:
+                replies, engine_reply = await self._decide(session, message, conversation, identity, user)
+            except Exception:
+                session.rollback()
+                self._release(message_id)
+                raise
             language_after = _menu_language(user, identity)
             if message.status == "processing":
                 message.status = "answered"

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,8 +15,10 @@ from sqlalchemy import inspect, select
 
 from bot.db.models import Message
 from bot.knowledge import KnowledgeBase
+from bot.settings import Settings
+from bot.web.app import build_assistant, create_app
 from tests import test_line, test_telegram
-from tests.conftest import Chat
+from tests.conftest import Chat, wait_until
 from tests.test_line import LineUser
 from tests.test_telegram import TelegramUser
 
@@ -143,3 +146,29 @@ def test_telegram_user_with_emoji_only_and_broken_bodies(
         response = user.client.post("/webhooks/telegram", content=body,
                                     headers={"x-telegram-bot-api-secret-token": test_telegram.SECRET})
         assert response.status_code == 400, body
+
+
+class BrokenLimiter:
+    """A rate limiter whose store fails (think: a database error half-way through processing)."""
+
+    limit = 1
+
+    def judge(self, *args: object) -> str:
+        raise RuntimeError("the counter store failed")
+
+
+def test_a_crash_half_way_leaves_nothing_in_processing_and_no_500(
+    database_url: str, tmp_path: Path, dead_engine_url: str, kb: KnowledgeBase
+) -> None:
+    settings = Settings(data_dir=tmp_path / "crash", database_url=database_url, rasa_url=dead_engine_url,
+                        retry_interval=0.1)
+    assistant = build_assistant(settings)
+    assistant.limiter = BrokenLimiter()
+    with TestClient(create_app(settings, assistant=assistant)) as client:
+        response = post(client, json.dumps({"sender": "crash", "message": "🙂"}).encode())
+        assert response.status_code == 202 and response.json() == []
+        wait_until(lambda: [m.status for m in inbound(client)] == ["failed"], timeout=15)
+        (message,) = inbound(client)
+        assert message.attempts == 3 and message.text == "🙂", "kept, tried three times, then left for staff"
+        assistant.limiter = None
+        assert texts(Chat(client, "crash").say("🙂")) == [kb.message("empty_prompt", "en")]
