@@ -68,10 +68,9 @@ def forget(session: Session, user: User, keep_message_id: int | None = None) -> 
         doomed = doomed.where(Message.id != keep_message_id)
     ids = list(session.scalars(doomed))
     _delete_messages(session, ids)
-    if keep_message_id is not None:
-        session.execute(
-            update(Message).where(Message.id == keep_message_id).values(text="", payload=None, reply_context=None)
-        )
+    kept = session.get(Message, keep_message_id) if keep_message_id is not None else None
+    if kept is not None:
+        kept.text, kept.payload, kept.reply_context = "", None, None
     user.language = None
     user.detected_language = None
     user.area = None
