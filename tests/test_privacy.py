@@ -29,7 +29,7 @@ make_telegram = test_telegram.make_telegram
 def rows(client: TestClient, model: type, *where: object) -> list[Any]:
     assistant = client.app.state.assistant  # type: ignore[attr-defined]
     with assistant.sessions() as session:
-        return list(session.scalars(select(model).where(*where)))
+        return list(session.scalars(select(model).where(*where).order_by(model.id)))  # type: ignore[attr-defined]
 
 
 @pytest.fixture
