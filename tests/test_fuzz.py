@@ -97,12 +97,16 @@ rest_bodies = st.one_of(
 def test_rest_webhook(app_with_fakes: Fuzzed) -> None:
     client, _, _, factor = app_with_fakes
 
+    calls = []
+
     @settings(max_examples=examples(2000, factor), **FUZZ)
     @given(body=rest_bodies)
     def case(body: bytes) -> None:
+        calls.append(1)
         ok(client.post("/webhooks/rest/webhook", content=body, headers={"content-type": "application/json"}))
 
     case()
+    assert len(calls) >= examples(2000, factor)
     ok(client.get("/webhooks/rest/messages", params={"sender": "a", "after": "x"}))
 
 
@@ -168,9 +172,12 @@ line_bodies = st.one_of(
 def test_line_webhook(app_with_fakes: Fuzzed) -> None:
     client, line, _, factor = app_with_fakes
 
+    calls = []
+
     @settings(max_examples=examples(1400, factor), **FUZZ)
     @given(body=line_bodies, signed=st.booleans(), header=st.booleans())
     def case(body: bytes, signed: bool, header: bool) -> None:
+        calls.append(1)
         headers = {"content-type": "application/json"}
         if header:
             headers["x-line-signature"] = line.sign(body) if signed else line.sign(body + b"x")
@@ -184,6 +191,7 @@ def test_line_webhook(app_with_fakes: Fuzzed) -> None:
     @settings(max_examples=examples(200, factor), **FUZZ)
     @given(signature=text)
     def wrong(signature: str) -> None:
+        calls.append(1)
         body = json.dumps({"destination": "U", "events": []}).encode()
         try:
             headers = {"content-type": "application/json", "x-line-signature": signature}
@@ -194,6 +202,7 @@ def test_line_webhook(app_with_fakes: Fuzzed) -> None:
         assert response.status_code == 400 or signature == line.sign(body)
 
     wrong()
+    assert len(calls) >= examples(1400, factor) + examples(200, factor)
 
 
 # ------------------------------------------------------------------ Telegram
@@ -230,9 +239,12 @@ telegram_bodies = st.one_of(
 def test_telegram_webhook(app_with_fakes: Fuzzed) -> None:
     client, _, _, factor = app_with_fakes
 
+    calls = []
+
     @settings(max_examples=examples(1600, factor), **FUZZ)
     @given(body=telegram_bodies, secret=st.sampled_from([SECRET, SECRET, SECRET, "wrong", ""]))
     def case(body: bytes, secret: str) -> None:
+        calls.append(1)
         headers = {"content-type": "application/json", "x-telegram-bot-api-secret-token": secret}
         response = client.post("/webhooks/telegram", content=body, headers=headers)
         ok(response)
@@ -240,3 +252,4 @@ def test_telegram_webhook(app_with_fakes: Fuzzed) -> None:
             assert response.status_code == 403
 
     case()
+    assert len(calls) >= examples(1600, factor)
