@@ -12,6 +12,7 @@ create-token  print a new API token for a staff account: --login NAME [--label T
 translation   offline translation packages: install FILE.argosmodel... | list
 alert      send a disaster alert, follow it, run an alert worker (``alert --help``)
 disaster-mode on|off|status
+privacy    export / delete one user's data (--platform P --user ID), purge old messages
 """
 
 from __future__ import annotations
@@ -295,6 +296,11 @@ def main(argv: list[str] | None = None) -> int:
     from bot import alert_cli
 
     alert_cli.add_parsers(sub)
+    privacy = sub.add_parser("privacy")
+    privacy.add_argument("action", choices=("export", "delete", "purge"))
+    privacy.add_argument("--platform", default="")
+    privacy.add_argument("--user", default="")
+    privacy.add_argument("--days", type=int, default=None, help="purge: default CONSULT_RETENTION_DAYS")
     args = parser.parse_args(argv)
     settings = Settings()
     _configure_logging(settings.log_level)
@@ -319,6 +325,13 @@ def main(argv: list[str] | None = None) -> int:
         return _create_admin(settings, args.login, args.name, "staff" if args.staff else "admin", args.password_stdin)
     if args.command == "create-token":
         return _create_token(settings, args.login, args.label)
+    if args.command == "privacy":
+        from bot.privacy import command
+
+        if args.action != "purge" and not (args.platform and args.user):
+            parser.error("export and delete need --platform and --user")
+        days = settings.retention_days if args.days is None else args.days
+        return command(args.action, settings.resolved_database_url(), args.platform, args.user, days)
     if args.command == "chat":
         return _chat(args.url or f"http://{settings.host}:{settings.port}", args.sender)
     if args.command in ("alert", "disaster-mode"):

@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Select, delete, select, update
+from sqlalchemy import Select, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -31,7 +31,10 @@ from bot.language_id import normalise_hint, resolve
 from bot.languages import LANGUAGES
 from bot.office_hours import OfficeHours
 from bot.ports import Button, Connector, DeliveryError, Inbound, Reply
+from bot.privacy import DeleteCommand, forget
+from bot.ratelimit import ANSWER, NOTIFY, RateLimiter
 from bot.safety import SafetyNet, normalise
+from bot.sanitize import clean_inbound
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +47,7 @@ THINKING_TIMEOUT = 2.0
 FEEDBACK_PAYLOAD = "/feedback"
 OPEN_CASE = ("open", "assigned", "waiting")
 JAPANESE = ("ja", "ja-easy")
+MAX_PROCESSING_ATTEMPTS = 3
 
 
 @dataclass(frozen=True)
@@ -72,6 +76,7 @@ class Assistant:
         connectors: Mapping[str, Connector],
         engine_message_chars: int = 500,
         clock: Any = utcnow,
+        limiter: RateLimiter | None = None,
     ) -> None:
         self.kb = kb
         self.sessions = sessions
@@ -82,6 +87,8 @@ class Assistant:
         self.hours = OfficeHours(kb.region)
         self.clock = clock
         self._language_names = self._build_language_names(kb)
+        self._delete_command = DeleteCommand(kb)
+        self.limiter = limiter
 
     # ------------------------------------------------------------------ intake
 
@@ -95,6 +102,7 @@ class Assistant:
 
     def store_inbound(self, inbound: Inbound) -> tuple[int, bool]:
         """Store the message first; returns ``(message id, was it already stored)``."""
+        inbound = clean_inbound(inbound)
         with self.sessions() as session:
             if inbound.event_id:
                 existing = session.scalar(
@@ -209,6 +217,17 @@ class Assistant:
                 break
         return await self._process_one(message_id, deliver=deliver)
 
+    def _release(self, message_id: int) -> None:
+        """A message whose processing crashed goes back to the worker (``failed`` after a few tries)."""
+        with self.sessions() as session:
+            attempts = session.scalar(select(Message.attempts).where(Message.id == message_id)) or 0
+            status = "failed" if attempts >= MAX_PROCESSING_ATTEMPTS else "received"
+            session.execute(
+                update(Message).where(Message.id == message_id, Message.status == "processing").values(status=status)
+            )
+            session.commit()
+        log.error("processing message=%s failed (attempt %d); status %s", message_id, attempts, status)
+
     def _still_waiting(self, message_id: int) -> bool:
         with self.sessions() as session:
             return session.scalar(select(Message.status).where(Message.id == message_id)) == "waiting_engine"
@@ -224,7 +243,14 @@ class Assistant:
             identity = session.get(Identity, conversation.identity_id)
             user = session.get(User, conversation.user_id)
             assert identity is not None and user is not None
-            replies, engine_reply = await self._decide(session, message, conversation, identity, user)
+            language_before = _menu_language(user, identity)
+            try:
+                replies, engine_reply = await self._decide(session, message, conversation, identity, user)
+            except Exception:
+                session.rollback()
+                self._release(message_id)
+                raise
+            language_after = _menu_language(user, identity)
             if message.status == "processing":
                 message.status = "answered"
             if engine_reply is not None:
@@ -239,6 +265,8 @@ class Assistant:
             await self.deliver(platform, address, outbound, replies, inbound_id=message_id)
         elif replies:
             self._mark(outbound, "sent")
+        if language_after and language_after != language_before and platform in self.connectors:
+            await self._best_effort(self.connectors[platform].language_changed(address, language_after))
         return replies
 
     def _claim_reply_context(self, inbound_id: int) -> dict[str, str]:
@@ -280,11 +308,27 @@ class Assistant:
             sent = list(outbound[: exc.delivered])
             rest = list(outbound[exc.delivered :])
             self._mark(sent, "sent")
+            if exc.unsubscribed:
+                self._unsubscribe(platform, address)
+            if exc.uncertain and rest and not replies[exc.delivered].key.startswith("msg:emergency"):
+                self._mark(rest[:1], "uncertain")  # may have arrived; never sent blindly twice
+                self._attempt(rest[:1], platform, "uncertain", str(exc))
+                rest = rest[1:]
             self._schedule_retry(rest, platform, exc)
             return False
         self._mark(outbound, "sent")
         self._attempt(outbound, platform, "sent", "")
         return True
+
+    def _unsubscribe(self, platform: str, address: str) -> None:
+        with self.sessions() as session:
+            session.execute(
+                update(Identity)
+                .where(Identity.platform == platform, Identity.platform_user_id == address)
+                .values(unsubscribed=True)
+            )
+            session.commit()
+        log.info("platform=%s refused delivery for good: the identity is marked unsubscribed", platform)
 
     def _attempt(self, outbound: Sequence[int], platform: str, outcome: str, detail: str) -> None:
         if not outbound:
@@ -348,7 +392,9 @@ class Assistant:
                     continue
                 conversation = session.get(Conversation, rows[0].conversation_id)
                 identity = session.get(Identity, conversation.identity_id) if conversation else None
-                if identity is None:
+                if identity is None or identity.unsubscribed:
+                    session.execute(update(Message).where(Message.id.in_(ids)).values(status="failed"))
+                    session.commit()
                     continue
                 replies = [reply_from_row(row) for row in rows]
                 platform, address = identity.platform, identity.platform_user_id
@@ -393,6 +439,10 @@ class Assistant:
             identity.unsubscribed = True
             log.info("identity=%s unsubscribed platform=%s", identity.id, identity.platform)
             return [], None
+        if (message.attempts or 0) <= 1:
+            identity.unsubscribed = False  # whoever writes can be answered (a Telegram user unblocked the bot)
+        if kind == "text" and self._delete_command.matches(message.text or ""):
+            kind = message.kind = "delete_data"
         if kind == "welcome":
             identity.unsubscribed = False
             if connector is not None and not user.language:
@@ -417,6 +467,9 @@ class Assistant:
             self._attach_to_case(session, conversation, message, language)
             if conversation.handler == "staff":
                 return self._with_staff(session, message, conversation, user, identity, language, text), None
+        limited = self._rate_limited(session, message, identity, kind, text, language)
+        if limited is not None:
+            return limited, None
         if text.startswith(FEEDBACK_PAYLOAD):
             return self._feedback(session, message, conversation, user, identity, language, text), None
 
@@ -433,7 +486,7 @@ class Assistant:
             conversation.failed_understandings = 0
             return [self._handoff(session, conversation, user, identity, language, "requested")], None
         if kind == "delete_data":
-            self._delete_data(session, message, user, identity)
+            forget(session, user, keep_message_id=message.id)
             return [self._msg("data_deleted", language)], None
 
         if not has_words(text):
@@ -476,6 +529,22 @@ class Assistant:
         if len(text) > self.engine_message_chars and replies:
             replies.insert(0, self._msg("too_long", language))
         return replies, reply
+
+    def _rate_limited(
+        self, session: Session, message: Message, identity: Identity, kind: str, text: str, language: str
+    ) -> list[Reply] | None:
+        """None to answer; else what a user over the rate limit gets (one notice, then nothing).
+        An emergency and a request to delete one's data are always answered."""
+        if self.limiter is None or kind == "delete_data":
+            return None
+        if kind == "text" and has_words(text) and self.safety.check(text) is not None:
+            return None
+        verdict = self.limiter.judge(session, message, identity)
+        if verdict == ANSWER:
+            return None
+        message.status = "limited"
+        log.info("rate limit: message=%s identity=%s %s", message.id, identity.id, verdict)
+        return [self._msg("rate_limited", language)] if verdict == NOTIFY else []
 
     # ------------------------------------------------------------------ rendering
 
@@ -640,26 +709,6 @@ class Assistant:
             return []
         conversation.staff_notice_sent = True
         return [self._msg("staff_handling", language)]
-
-    def _delete_data(self, session: Session, message: Message, user: User, identity: Identity) -> None:
-        """Delete what the user told us and what we learnt about them.
-
-        Kept: the user and platform identity (to deliver the confirmation) and this request, emptied,
-        so that a redelivered event is recognised and not acted on twice.
-        """
-        conversation_ids = select(Conversation.id).where(Conversation.user_id == user.id)
-        session.execute(delete(Escalation).where(Escalation.user_id == user.id))
-        session.execute(
-            delete(Message).where(Message.conversation_id.in_(conversation_ids), Message.id != message.id)
-        )
-        message.text = ""
-        message.payload = None
-        user.language = None
-        user.detected_language = None
-        user.area = None
-        for other in session.scalars(select(Identity).where(Identity.user_id == user.id)):
-            other.language_hint = None
-        log.info("deleted the data of user=%s on request message=%s", user.id, message.id)
 
     @staticmethod
     async def _best_effort(call: Any) -> Any:
@@ -856,6 +905,14 @@ class Assistant:
     def _disaster_notice(self, session: Session, language: str) -> list[Reply]:
         """In disaster mode, the welcome and help point to the regional multilingual disaster desk."""
         return [self._msg("disaster_mode_notice", language)] if disaster_mode_on(session) else []
+
+
+def _menu_language(user: User, identity: Identity) -> str | None:
+    """The language the user is answered in by default (their choice, else detected, else the platform's)."""
+    for language in (user.language, user.detected_language, identity.language_hint):
+        if language in LANGUAGES:
+            return language
+    return None
 
 
 def _sent_to(platform: str, platform_user_id: str) -> Select[Message]:

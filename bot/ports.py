@@ -60,16 +60,28 @@ class DeliveryError(Exception):
     """A connector could not deliver now; the core keeps the replies and retries.
 
     ``delivered``: how many of the replies did reach the user before the failure (not sent again);
-    ``retry_after``: seconds the platform asked us to wait; ``permanent``: retrying cannot help.
+    ``retry_after``: seconds the platform asked us to wait; ``permanent``: retrying cannot help;
+    ``unsubscribed``: the user blocked the bot or left (permanent; the identity is marked unsubscribed);
+    ``uncertain``: reply number ``delivered`` may have arrived (the request timed out after it was
+    sent, and the platform has no retry key): it is not sent blindly again.
     """
 
     def __init__(
-        self, reason: str, *, delivered: int = 0, retry_after: float | None = None, permanent: bool = False
+        self,
+        reason: str,
+        *,
+        delivered: int = 0,
+        retry_after: float | None = None,
+        permanent: bool = False,
+        unsubscribed: bool = False,
+        uncertain: bool = False,
     ) -> None:
         super().__init__(reason)
         self.delivered = delivered
         self.retry_after = retry_after
-        self.permanent = permanent
+        self.permanent = permanent or unsubscribed
+        self.unsubscribed = unsubscribed
+        self.uncertain = uncertain
 
 
 class Connector(Protocol):
@@ -91,4 +103,9 @@ class Connector(Protocol):
 
     async def profile_language(self, address: str) -> str | None:
         """The language the platform knows for this user (LINE profile), or None."""
+        ...
+
+    async def language_changed(self, address: str, language: str) -> None:
+        """The user is now answered in ``language`` (chosen, or first known): e.g. switch their LINE
+        rich menu. Best effort: called after the answer, with a time limit; failures are only logged."""
         ...

@@ -29,6 +29,13 @@ class Settings(BaseSettings):
     session_secret: SecretStr = SecretStr("")
     kb_drafts_dir: Path | None = None
     """Where accepted staff proposals are written as draft entries (default: knowledge_base/drafts)."""
+    rate_limit_per_minute: int = 20
+    """Messages one platform user may send per minute before the assistant stops answering (0: no limit)."""
+    redis_url: str = ""
+    """Redis for the rate-limit counters (several workers on several machines); else the database."""
+    retention_days: int = 0
+    """Messages older than this many days are removed by the background loop (0: kept for ever)."""
+    retention_check_seconds: float = 3600.0
 
     # LINE Messaging API (the channel is on when both secrets are set)
     line_channel_secret: SecretStr = SecretStr("")

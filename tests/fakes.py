@@ -187,6 +187,10 @@ class FakeLine(FakeServer):
     late_failure_rate: float = 0.0
     """Part of push/multicast calls that are delivered and then answered 500 (a lost answer)."""
     late_failures: int = 0
+    aliases: dict[str, str] = field(default_factory=dict)
+    """Rich menu alias → rich menu id."""
+    user_menus: dict[str, str] = field(default_factory=dict)
+    """User id → the rich menu linked to them (one by one or in bulk)."""
 
     def issue_reply_token(self, user_id: str) -> str:
         token = uuid.uuid4().hex
@@ -224,6 +228,11 @@ class FakeLine(FakeServer):
         app.router.add_get("/v2/bot/message/quota/consumption", self._quota_consumption)
         app.router.add_post("/v2/bot/chat/loading/start", self._loading)
         app.router.add_get("/v2/bot/profile/{user_id}", self._profile)
+        app.router.add_post("/v2/bot/richmenu/alias", self._alias_create)
+        app.router.add_get("/v2/bot/richmenu/alias/{alias}", self._alias_get)
+        app.router.add_post("/v2/bot/richmenu/alias/{alias}", self._alias_update)
+        app.router.add_post("/v2/bot/user/{user_id}/richmenu/{menu_id}", self._link)
+        app.router.add_post("/v2/bot/richmenu/bulk/link", self._bulk_link)
         app.router.add_route("*", "/{tail:.*}", self._other)
         return app
 
@@ -299,6 +308,60 @@ class FakeLine(FakeServer):
         if user_id in self.profiles:
             body["language"] = self.profiles[user_id]
         return web.json_response(body)
+
+    async def _alias_create(self, request: web.Request) -> web.Response:
+        call, error = await self._begin(request)
+        if error is not None:
+            return error
+        with self._lock:
+            exists = call.body["richMenuAliasId"] in self.aliases
+            if not exists:
+                self.aliases[call.body["richMenuAliasId"]] = call.body["richMenuId"]
+        call.status = 400 if exists else 200
+        self._record(call)
+        if exists:
+            return web.json_response({"message": "conflict richmenu alias id"}, status=400)
+        return web.json_response({})
+
+    async def _alias_update(self, request: web.Request) -> web.Response:
+        call, error = await self._begin(request)
+        if error is not None:
+            return error
+        with self._lock:
+            self.aliases[request.match_info["alias"]] = call.body["richMenuId"]
+        self._record(call)
+        return web.json_response({})
+
+    async def _alias_get(self, request: web.Request) -> web.Response:
+        call, error = await self._begin(request)
+        if error is not None:
+            return error
+        with self._lock:
+            menu = self.aliases.get(request.match_info["alias"])
+        call.status = 200 if menu else 404
+        self._record(call)
+        if menu is None:
+            return web.json_response({"message": "richmenu alias not found"}, status=404)
+        return web.json_response({"richMenuAliasId": request.match_info["alias"], "richMenuId": menu})
+
+    async def _link(self, request: web.Request) -> web.Response:
+        call, error = await self._begin(request)
+        if error is not None:
+            return error
+        with self._lock:
+            self.user_menus[request.match_info["user_id"]] = request.match_info["menu_id"]
+        self._record(call)
+        return web.json_response({})
+
+    async def _bulk_link(self, request: web.Request) -> web.Response:
+        call, error = await self._begin(request)
+        if error is not None:
+            return error
+        with self._lock:
+            for user_id in call.body["userIds"]:
+                self.user_menus[user_id] = call.body["richMenuId"]
+        self._record(call)
+        return web.json_response({}, status=202)
 
     async def _other(self, request: web.Request) -> web.Response:
         """Rich menus and the rest: recorded, answered with a plausible body."""

@@ -279,7 +279,8 @@ def test_rich_menus_one_per_language_and_users_linked_to_theirs(
     created = [c for c in user.fake.calls if c.path == "/v2/bot/richmenu"]
     assert [c.body["chatBarText"] for c in created] == [kb.message("menu_chat_bar", code) for code in LANGUAGES]
     japanese = created[0].body["areas"]
-    assert [a["action"]["data"] for a in japanese] == ["consult:help", "consult:language", "consult:staff"]
+    assert [a["action"]["data"] for a in japanese] == ["consult:help", "consult:language", "consult:staff",
+                                                    "consult:delete_data"]
     assert [a["action"]["displayText"] for a in japanese][2] == kb.message("command_staff", "ja")
     images = [c for c in user.fake.calls if c.path.endswith("/content")]
     assert len(images) == len(LANGUAGES) and all(c.headers["Content-Type"] == "image/png" for c in images)

@@ -21,6 +21,8 @@ from bot.helpdesk import HelpDesk
 from bot.knowledge import KnowledgeBase
 from bot.pipeline import Assistant
 from bot.ports import Connector
+from bot.privacy import purge
+from bot.ratelimit import DatabaseRateLimiter, RateLimiter, RedisRateLimiter
 from bot.safety import SafetyNet
 from bot.settings import Settings
 from bot.translation import Translator
@@ -86,6 +88,7 @@ def build_assistant(settings: Settings, connectors: Mapping[str, Connector] | No
         safety=SafetyNet.load(),
         connectors=all_connectors,
         engine_message_chars=settings.engine_message_chars,
+        limiter=rate_limiter(settings),
     )
 
 
@@ -95,15 +98,31 @@ def build_helpdesk(settings: Settings, assistant: Assistant) -> HelpDesk:
     return HelpDesk(assistant, Translator.from_settings(settings), drafts)
 
 
-async def _retry_loop(assistant: Assistant, helpdesk: HelpDesk, interval: float) -> None:
+def rate_limiter(settings: Settings) -> RateLimiter | None:
+    """Counters every worker shares: Redis when ``CONSULT_REDIS_URL`` is set, else the database."""
+    if settings.rate_limit_per_minute <= 0:
+        return None
+    if settings.redis_url:
+        return RedisRateLimiter(settings.redis_url, settings.rate_limit_per_minute)
+    return DatabaseRateLimiter(settings.rate_limit_per_minute)
+
+
+async def _retry_loop(assistant: Assistant, helpdesk: HelpDesk, settings: Settings) -> None:
+    purged_at = -float("inf")
+    loop = asyncio.get_running_loop()
     while True:
         try:
             await assistant.retry_waiting()
             await assistant.retry_deliveries()
             await helpdesk.translate_pending()
+            if settings.retention_days > 0 and loop.time() - purged_at >= settings.retention_check_seconds:
+                purged_at = loop.time()
+                with assistant.sessions() as session:
+                    purge(session, settings.retention_days)
+                    session.commit()
         except Exception:  # the worker must outlive any one failure
             log.exception("retry worker round failed")
-        await asyncio.sleep(interval)
+        await asyncio.sleep(settings.retry_interval)
 
 
 def create_app(
@@ -119,7 +138,7 @@ def create_app(
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         if isinstance(helpdesk.translator, Translator) and helpdesk.translator.installed_pairs():
             helpdesk.translator.start()  # loads argostranslate in a thread, off the request path
-        worker = asyncio.create_task(_retry_loop(assistant, helpdesk, settings.retry_interval))
+        worker = asyncio.create_task(_retry_loop(assistant, helpdesk, settings))
         for channel in channels:
             await channel.start(assistant)
         alerts = asyncio.create_task(broadcast_worker.run()) if settings.broadcast_workers else None
@@ -137,6 +156,9 @@ def create_app(
             for channel in channels:
                 await channel.close()
             await assistant.engine.close()
+            close_limiter = getattr(assistant.limiter, "close", None)
+            if close_limiter is not None:
+                close_limiter()
             bind = assistant.sessions.kw.get("bind")
             if bind is not None:
                 bind.dispose()

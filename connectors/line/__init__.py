@@ -58,11 +58,17 @@ MAX_LABEL = 20
 MAX_QUICK_REPLIES = 13
 MAX_POSTBACK_DATA = 300
 LOADING_SECONDS = 20
-COMMANDS = {"consult:help": "help", "consult:language": "language_menu", "consult:staff": "staff"}
+COMMANDS = {"consult:help": "help", "consult:language": "language_menu", "consult:staff": "staff",
+            "consult:delete_data": "delete_data"}
 """Postback data of the rich menu's areas, as inbound kinds."""
 _RETRY_KEYS = uuid.UUID("4f9a3c1e-7d52-4b8e-9a61-2c0e5b7d8f13")
 
 log = logging.getLogger(__name__)
+
+
+def menu_alias(language: str) -> str:
+    """The rich menu alias of a language (``python -m connectors.line rich-menus`` creates them)."""
+    return f"consult-{language}"
 
 
 def retry_key(message_id: int | None, texts: Sequence[str]) -> str:
@@ -187,6 +193,22 @@ class LineConnector:
         profile = await self.api().get_profile(address, _request_timeout=self._request_timeout)
         language = getattr(profile, "language", None)
         return str(language) if language else None
+
+    async def language_changed(self, address: str, language: str) -> None:
+        """Link the user to their language's rich menu, found through its alias at every change (an
+        alias is re-pointed when the menus are re-created, so the id is not cached)."""
+        if not address.startswith("U"):  # groups and rooms have no rich menu of their own
+            return
+        api = self.api()
+        try:
+            found = await api.get_rich_menu_alias(menu_alias(language), _request_timeout=self._request_timeout)
+        except ApiException as exc:
+            if exc.status == 404:  # the menus were not created (python -m connectors.line rich-menus)
+                log.info("no LINE rich menu for language=%s", language)
+                return
+            raise
+        await api.link_rich_menu_id_to_user(address, str(found.rich_menu_id), _request_timeout=self._request_timeout)
+        log.info("LINE user linked to the rich menu of language=%s", language)
 
 
 def _address(event: Any) -> str | None:

@@ -1,11 +1,12 @@
 """``python -m connectors.line rich-menus [--images DIR] [--default LANG]``.
 
-Creates one rich menu per shipped language (help, language, staff; labels and chat-bar text from
-the message catalog), gives each the alias ``consult-<language>``, makes ``--default`` the menu of
-users not linked yet, and links every known LINE user to the menu of their language. Run it again
-after changing the catalog, and now and then (e.g. nightly) to link users who changed language.
+Creates one rich menu per shipped language (help, language, staff, delete my data; labels and
+chat-bar text from the message catalog), gives each the alias ``consult-<language>``, makes
+``--default`` the menu of users not linked yet, and links every known LINE user to the menu of
+their language. Run it again after changing the catalog. A user who changes language later is
+linked to the new language's menu at once by the app (``LineConnector.language_changed``).
 
-Images: ``DIR/<language>.png`` (2500x843, under 1 MB) when given; otherwise a plain three-panel
+Images: ``DIR/<language>.png`` (2500x843, under 1 MB) when given; otherwise a plain four-panel
 image is generated (the tapped area's label is shown in the chat as the user's message).
 """
 
@@ -40,19 +41,20 @@ from bot.db.models import Identity, User
 from bot.knowledge import KnowledgeBase
 from bot.languages import DEFAULT_LANGUAGE, LANGUAGES
 from bot.settings import Settings
+from connectors.line import menu_alias
 
 WIDTH, HEIGHT = 2500, 843
-AREAS = (("consult:help", "command_help"), ("consult:language", "command_language"), ("consult:staff", "command_staff"))
-PANEL_COLOURS = ((0x2E, 0x7D, 0x32), (0x15, 0x65, 0xC0), (0xEF, 0x6C, 0x00))
+AREAS = (("consult:help", "command_help"), ("consult:language", "command_language"), ("consult:staff", "command_staff"),
+         ("consult:delete_data", "command_delete_my_data"))
+PANEL_COLOURS = ((0x2E, 0x7D, 0x32), (0x15, 0x65, 0xC0), (0xEF, 0x6C, 0x00), (0x61, 0x61, 0x61))
 BULK_LINK = 500
 
 
-def alias(language: str) -> str:
-    return f"consult-{language}"
+alias = menu_alias
 
 
 def plain_image() -> bytes:
-    """A PNG of three coloured panels, one per area (no fonts needed)."""
+    """A PNG of coloured panels, one per area (no fonts needed)."""
     panel = WIDTH // len(PANEL_COLOURS)
     row = b"\x00" + b"".join(
         bytes(PANEL_COLOURS[min(x // panel, len(PANEL_COLOURS) - 1)]) for x in range(WIDTH)
@@ -84,12 +86,16 @@ def menu_request(kb: KnowledgeBase, language: str) -> RichMenuRequest:
 def users_by_language(settings: Settings) -> dict[str, list[str]]:
     """LINE user ids by the language they are answered in (choice, else detected, else hint)."""
     found: dict[str, list[str]] = {}
-    with sessions(make_engine(settings.resolved_database_url()))() as session:
-        rows = session.execute(
-            select(Identity.platform_user_id, User.language, User.detected_language, Identity.language_hint)
-            .join(User, User.id == Identity.user_id)
-            .where(Identity.platform == "line", Identity.unsubscribed.is_(False))
-        ).all()
+    engine = make_engine(settings.resolved_database_url())
+    try:
+        with sessions(engine)() as session:
+            rows = session.execute(
+                select(Identity.platform_user_id, User.language, User.detected_language, Identity.language_hint)
+                .join(User, User.id == Identity.user_id)
+                .where(Identity.platform == "line", Identity.unsubscribed.is_(False))
+            ).all()
+    finally:
+        engine.dispose()
     for user_id, chosen, detected, hint in rows:
         language = next((lang for lang in (chosen, detected, hint) if lang in LANGUAGES), DEFAULT_LANGUAGE)
         if user_id.startswith("U"):  # users, not groups or rooms

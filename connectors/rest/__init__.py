@@ -8,6 +8,7 @@ down) are read with ``GET /webhooks/rest/messages?sender=...&after=<message id>`
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -16,8 +17,10 @@ from fastapi.responses import JSONResponse
 
 from bot.pipeline import Assistant
 from bot.ports import Inbound, Reply
+from bot.sanitize import clean_text
 
 PLATFORM = "rest"
+log = logging.getLogger(__name__)
 MAX_SENDER = 128
 MAX_EVENT_ID = 128
 MAX_BODY = 256 * 1024
@@ -35,6 +38,9 @@ class RestConnector:
         return None
 
     async def profile_language(self, address: str) -> str | None:
+        return None
+
+    async def language_changed(self, address: str, language: str) -> None:
         return None
 
 
@@ -80,10 +86,15 @@ def router(assistant: Assistant) -> APIRouter:
         hint = metadata.get("language") if isinstance(metadata, dict) else None
         hint = hint if isinstance(hint, str) else None
         text = text.replace("\x00", "")
-        outcome = await assistant.handle(
-            Inbound(platform=PLATFORM, platform_user_id=sender, text=text, event_id=event_id, language_hint=hint)
-        )
-        return JSONResponse(render(sender, outcome.replies, assistant.reply_ids(outcome.message_id)))
+        sender = clean_text(sender)  # echoed in the answer: it must encode as UTF-8
+        inbound = Inbound(platform=PLATFORM, platform_user_id=sender, text=text, event_id=event_id, language_hint=hint)
+        message_id, duplicate = assistant.store_inbound(inbound)
+        try:
+            replies = assistant.replies_to(message_id) if duplicate else tuple(await assistant.process(message_id))
+        except Exception:  # stored: the background worker answers it; the client reads it by polling
+            log.exception("answering message=%s failed; the worker will retry", message_id)
+            return JSONResponse([], status_code=202)
+        return JSONResponse(render(sender, replies, assistant.reply_ids(message_id)))
 
     @routes.get("/webhooks/rest/messages")
     async def messages(sender: str = "", after: int = 0) -> JSONResponse:

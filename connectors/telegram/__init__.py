@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx
 from fastapi import APIRouter, BackgroundTasks, Request
 from fastapi.responses import JSONResponse
 from telegram import Bot, InlineKeyboardButton, InlineKeyboardMarkup, Update
@@ -48,6 +49,8 @@ COMMANDS = {
 """Bot commands and the inbound kind each one is."""
 POLL_TIMEOUT = 25
 ALLOWED_UPDATES = ("message", "callback_query", "my_chat_member")
+MAYBE_SENT = (httpx.ReadTimeout, httpx.WriteTimeout, httpx.ReadError, httpx.WriteError, httpx.RemoteProtocolError)
+"""Transport failures after the request went out: Telegram may have shown the message (it has no retry key)."""
 
 log = logging.getLogger(__name__)
 
@@ -117,13 +120,15 @@ class TelegramConnector:
                     await asyncio.sleep(wait)
                     continue
                 raise DeliveryError("Telegram flood control", delivered=delivered, retry_after=wait) from exc
-            except Forbidden as exc:  # the user blocked the bot
-                raise DeliveryError("Telegram: forbidden", delivered=delivered, permanent=True) from exc
+            except Forbidden as exc:  # the user blocked the bot (or deleted their account)
+                raise DeliveryError("Telegram: forbidden", delivered=delivered, unsubscribed=True) from exc
             except BadRequest as exc:
                 raise DeliveryError(f"Telegram bad request: {exc.message[:80]}", delivered=delivered,
                                     permanent=True) from exc
             except (NetworkError, TelegramError) as exc:  # TimedOut is a NetworkError
-                raise DeliveryError(f"Telegram {type(exc).__name__}", delivered=delivered) from exc
+                uncertain = isinstance(exc.__cause__, MAYBE_SENT)
+                detail = type(exc.__cause__).__name__ if uncertain else type(exc).__name__
+                raise DeliveryError(f"Telegram {detail}", delivered=delivered, uncertain=uncertain) from exc
 
     async def thinking(self, address: str) -> None:
         bot = await self.api()
@@ -132,12 +137,19 @@ class TelegramConnector:
     async def profile_language(self, address: str) -> str | None:
         return None  # every update carries the user's language_code
 
+    async def language_changed(self, address: str, language: str) -> None:
+        return None  # the command menu follows the user's Telegram language (setMyCommands per language)
+
     async def answer_callback(self, callback_id: str) -> None:
         try:
             bot = await self.api()
             await bot.answer_callback_query(callback_id)
         except TelegramError as exc:
             log.info("answerCallbackQuery failed: %s", type(exc).__name__)
+
+
+class NotAnUpdate(ValueError):
+    """An update that parsed but lacks what its kind requires (e.g. a chat member change without members)."""
 
 
 def _command(text: str) -> str | None:
@@ -212,7 +224,10 @@ class TelegramChannel:
     def accept(self, assistant: Assistant, update: Update) -> tuple[int | None, str | None]:
         """Store one update. Returns the message id to answer (None: duplicate or nothing to answer)
         and the callback query to acknowledge."""
-        inbound, callback_id = to_inbound(update, assistant)
+        try:
+            inbound, callback_id = to_inbound(update, assistant)
+        except (AttributeError, TypeError, ValueError) as exc:
+            raise NotAnUpdate(type(exc).__name__) from exc
         if inbound is None:
             return None, callback_id
         message_id, duplicate = assistant.store_inbound(inbound)
@@ -267,7 +282,11 @@ class TelegramChannel:
                 continue
             for update in updates:
                 offset = max(offset, update.update_id + 1)
-                message_id, callback_id = self.accept(assistant, update)
+                try:
+                    message_id, callback_id = self.accept(assistant, update)
+                except NotAnUpdate:
+                    log.warning("Telegram update=%s skipped: not a complete update", update.update_id)
+                    continue
                 self._spawn(self._after(assistant, message_id, callback_id))
 
     def router(self, assistant: Assistant) -> APIRouter:
@@ -292,7 +311,10 @@ class TelegramChannel:
             except (ValueError, TypeError, KeyError, AttributeError):
                 return JSONResponse({"error": "the body is not a Telegram update (JSON with an update_id)"},
                                     status_code=400)
-            message_id, callback_id = self.accept(assistant, update)
+            try:
+                message_id, callback_id = self.accept(assistant, update)
+            except NotAnUpdate:
+                return JSONResponse({"error": "the update lacks fields its kind requires"}, status_code=400)
             if message_id is not None or callback_id is not None:
                 background.add_task(self._after, assistant, message_id, callback_id)
             return JSONResponse({})
