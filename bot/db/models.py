@@ -110,6 +110,10 @@ class Message(Base):
     """in: what the connector needs to answer this event (a LINE reply token); used once, then cleared."""
     next_attempt_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
     """out, status ``retry``: when the next delivery attempt is due."""
+    claimed_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    """When a worker took it (in: ``processing``; out: ``delivering``); after the lease another worker may."""
+    takeovers: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    """in: how often a claim expired (its worker stopped) and another worker took the message over."""
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 

@@ -70,6 +70,7 @@ def build_assistant(settings: Settings, connectors: Mapping[str, Connector] | No
         safety=SafetyNet.load(),
         connectors=all_connectors,
         engine_message_chars=settings.engine_message_chars,
+        claim_lease=settings.claim_lease_seconds,
     )
 
 
