@@ -50,6 +50,7 @@ SCALE_DEFAULTS = {
     "CONSULT_LOCK_PREFIX": "consult",
     "SQL_POOL_SIZE": "5",
     "SQL_MAX_OVERFLOW": "10",
+    "TICKET_LOCK_LIFETIME": "8",
 }
 """What ``endpoints-scale.yml`` reads from the environment, when the environment does not say."""
 
