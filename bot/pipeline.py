@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Select, and_, case, delete, exists, or_, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from bot.db.models import Conversation, DeliveryAttempt, Escalation, Identity, Message, User, utcnow
@@ -45,6 +45,8 @@ OPEN_INBOUND = ("received", "processing", "waiting_engine")
 """An inbound message in one of these is not answered yet: newer ones of its conversation wait for it."""
 UNSENT = ("pending", "retry", "delivering")
 """An outbound message in one of these has not reached the user yet: newer ones wait for it."""
+RECORD_RETRIES = (0.2, 0.5, 1.0, 2.0, 4.0, 8.0, 15.0)
+"""Seconds between tries to record a delivery that happened while the database was unreachable."""
 
 
 @dataclass(frozen=True)
@@ -351,11 +353,24 @@ class Assistant:
             self._mark(sent, "sent")
             self._schedule_retry(rest, platform, exc)
             return False
-        self._mark(outbound, "sent")
-        self._attempt(outbound, platform, "sent", "")
+        await self._record_sent(outbound, platform)
         if outbound:
             await self.retry_deliveries(conversation_of=outbound[0])
         return True
+
+    async def _record_sent(self, outbound: Sequence[int], platform: str) -> None:
+        """Record a delivery the platform accepted. If the database is briefly away (a restart), keep
+        trying: unrecorded, the replies would be reclaimed after the lease and shown twice."""
+        for wait in (*RECORD_RETRIES, None):
+            try:
+                self._mark(outbound, "sent")
+                self._attempt(outbound, platform, "sent", "")
+                return
+            except (OperationalError, InterfaceError):
+                if wait is None:
+                    raise
+                log.warning("database unreachable while recording delivered messages %s; retrying", list(outbound))
+                await asyncio.sleep(wait)
 
     def _older_unsent(self, first_outbound: int) -> bool:
         """True when an older reply of the same conversation has not reached the user yet."""
