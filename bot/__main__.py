@@ -123,6 +123,7 @@ def _serve(settings: Settings) -> None:
 
     from bot.web.app import create_app
 
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
     app = create_app(settings)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level.lower(),
                 access_log=False)

@@ -205,8 +205,10 @@ def assert_exactly_once_in_order(line: FakeLine, stream: LineStream, database: s
         positions = [events.index(event) for event, _ in calls]
         assert positions == sorted(positions), f"user {user} saw answers out of order: {positions}"
         notices += sum(1 for _, texts in calls if texts == [please_wait])
+    storm = Counter(call.status for call in line.calls if call.status in (429, 500))
+    assert storm[429] and storm[500], f"the LINE API's storms did not happen: {storm}"
     return {"messages": len(expected), "please_wait": notices, "redeliveries": stream.redeliveries,
-            "connection_errors": stream.connection_errors}
+            "connection_errors": stream.connection_errors, "storm": dict(storm)}
 
 
 def test_postgres_restart_mid_stream_loses_and_repeats_nothing(
@@ -217,6 +219,7 @@ def test_postgres_restart_mid_stream_loses_and_repeats_nothing(
     stream = run_stream(fake_line, workers, stack.postgres.restart)
     figures = assert_exactly_once_in_order(fake_line, stream, database, kb)
     assert figures["messages"] >= 100
+    assert figures["redeliveries"] > 0, "no webhook met the restart"
     print("postgres restart:", figures)
 
 
