@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import time
@@ -16,6 +17,9 @@ log = logging.getLogger(__name__)
 DOWN_SECONDS = 5.0
 """An engine that refused a connection is skipped this long (unless every engine is down)."""
 FAILOVER_STATUSES = frozenset({502, 503, 504})
+IN_FLIGHT = 8
+"""Questions sent to one engine at once; the rest queue here. Rasa answers one at a time anyway, and a
+small pool keeps the HTTP client cheap (httpcore scans its whole queue on every request)."""
 
 
 class EngineUnavailable(Exception):
@@ -45,16 +49,17 @@ class EngineClient:
     still be working on the message, which then waits (``waiting_engine``) and is asked again later.
     """
 
-    def __init__(self, base_url: str | Sequence[str], timeout: float) -> None:
+    def __init__(self, base_url: str | Sequence[str], timeout: float, in_flight: int = IN_FLIGHT) -> None:
         urls = [u.strip().rstrip("/") for u in base_url.split(",")] if isinstance(base_url, str) else list(base_url)
         self.urls = [url for url in urls if url]
         if not self.urls:
             raise ValueError("no engine URL")
-        limits = httpx.Limits(max_connections=100, max_keepalive_connections=20, keepalive_expiry=30)
+        limits = httpx.Limits(max_connections=in_flight, max_keepalive_connections=in_flight, keepalive_expiry=30)
         self._clients = [
             httpx.AsyncClient(base_url=url, timeout=httpx.Timeout(timeout, connect=2.0), limits=limits)
             for url in self.urls
         ]
+        self._slots = [asyncio.Semaphore(in_flight) for _ in self.urls]
         self._down_until = [0.0] * len(self.urls)
         self._turn = itertools.count()
 
@@ -69,7 +74,8 @@ class EngineClient:
         problem = "no engine"
         for index in self._order():
             try:
-                response = await self._clients[index].post("/webhooks/consult/webhook", json=body)
+                async with self._slots[index]:
+                    response = await self._clients[index].post("/webhooks/consult/webhook", json=body)
             except httpx.ReadTimeout as exc:
                 log.warning("engine %d timed out", index)
                 raise EngineUnavailable("ReadTimeout") from exc

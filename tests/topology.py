@@ -59,6 +59,25 @@ def rss_mb(pid: int) -> float:
     return total / 1024
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) used so far by a process and its descendants, in seconds."""
+    import os as _os
+
+    tick = _os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    pids = [pid]
+    while pids:
+        current = pids.pop()
+        try:
+            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick
+            children = Path(f"/proc/{current}/task/{current}/children").read_text().split()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        pids.extend(int(child) for child in children)
+    return total
+
+
 class Postgres:
     """A PostgreSQL cluster of its own: ``initdb`` in a temporary folder, trust auth, a free port."""
 
