@@ -19,7 +19,7 @@ of every process. Markdown for bench/RESULTS.md.
     .venv/bin/python bench/load.py [--topology embedded|scale] [--rates 10,50,100] [--seconds 60]
                                    [--channels line,rest] [--profile DIR]
 
-``--profile DIR`` records the app process(es) with py-spy (``pip install py-spy``) into DIR.
+``--profile DIR`` records every app and Rasa process with py-spy (``pip install py-spy``) into DIR.
 """
 
 from __future__ import annotations
@@ -312,7 +312,7 @@ def profile(pids: dict[str, int], folder: Path, seconds: float) -> list[subproce
         subprocess.Popen([spy, "record", "--pid", str(pid), "--duration", str(int(seconds)), "--format",
                           "speedscope", "--output", str(folder / f"{name.replace(' ', '')}.json"), "--nonblocking"],
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        for name, pid in pids.items() if name.startswith("app")
+        for name, pid in pids.items()
     ]
 
 
