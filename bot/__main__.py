@@ -47,7 +47,24 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6").prctl(1, signal.SIGTERM)
 
 
-def start_engine(settings: Settings, port: int, log_file: Path) -> subprocess.Popen[bytes]:
+SCALE_DEFAULTS = {
+    "CONSULT_TRACKER_STORE_URL": "postgresql://postgres@127.0.0.1:5432/rasa",
+    "CONSULT_REDIS_HOST": "127.0.0.1",
+    "CONSULT_REDIS_PORT": "6379",
+    "CONSULT_REDIS_DB": "0",
+    "CONSULT_REDIS_PASSWORD": "",
+    "CONSULT_LOCK_PREFIX": "consult",
+    "SQL_POOL_SIZE": "5",
+    "SQL_MAX_OVERFLOW": "10",
+    "TICKET_LOCK_LIFETIME": "8",
+}
+"""What ``endpoints-scale.yml`` reads from the environment, when the environment does not say."""
+
+
+def start_engine(
+    settings: Settings, port: int, log_file: Path, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """``rasa run`` on the trained model with ``settings.engine_endpoints``; ``env`` adds variables."""
     from bot.engine_build import engine_env, model_path, rasa_executable
 
     log_file.parent.mkdir(parents=True, exist_ok=True)
@@ -55,12 +72,13 @@ def start_engine(settings: Settings, port: int, log_file: Path) -> subprocess.Po
         str(rasa_executable(PROJECT)), "run",
         "--model", str(model_path(PROJECT)),
         "--credentials", str(PROJECT / "credentials.yml"),
-        "--endpoints", str(PROJECT / "endpoints.yml"),
-        "--interface", "127.0.0.1", "--port", str(port),
+        "--endpoints", str(settings.engine_endpoints),
+        "--interface", settings.engine_host, "--port", str(port),
     ]
+    environment = {**SCALE_DEFAULTS, **engine_env(PROJECT), **(env or {})}
     with log_file.open("ab") as out:
         return subprocess.Popen(
-            command, cwd=PROJECT, env=engine_env(PROJECT), stdout=out, stderr=subprocess.STDOUT,
+            command, cwd=PROJECT, env=environment, stdout=out, stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=_die_with_parent,
         )
 
@@ -114,6 +132,7 @@ def _serve(settings: Settings) -> None:
 
     from bot.web.app import create_app
 
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
     app = create_app(settings)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level.lower(),
                 access_log=False)
@@ -127,7 +146,7 @@ def _run() -> int:
     settings = Settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     _train()
-    port = int(settings.rasa_url.rsplit(":", 1)[1].split("/")[0])
+    port = int(settings.rasa_urls()[0].rsplit(":", 1)[1].split("/")[0])
     engine = start_engine(settings, port, settings.data_dir / "logs" / "rasa.log")
     try:
         app = create_app(settings)
@@ -152,7 +171,7 @@ def _run() -> int:
 def _engine_only() -> int:
     settings = Settings()
     _train()
-    port = int(settings.rasa_url.rsplit(":", 1)[1].split("/")[0])
+    port = int(settings.rasa_urls()[0].rsplit(":", 1)[1].split("/")[0])
     process = start_engine(settings, port, settings.data_dir / "logs" / "rasa.log")
     try:
         return process.wait()

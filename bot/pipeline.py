@@ -18,8 +18,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Select, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import Select, and_, case, exists, or_, select, update
+from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from bot.broadcast import disaster_mode_on
@@ -48,6 +48,14 @@ FEEDBACK_PAYLOAD = "/feedback"
 OPEN_CASE = ("open", "assigned", "waiting")
 JAPANESE = ("ja", "ja-easy")
 MAX_PROCESSING_ATTEMPTS = 3
+MAX_TAKEOVERS = 3
+"""A message whose worker stopped this often while answering it is given up (``failed``) and logged."""
+OPEN_INBOUND = ("received", "processing", "waiting_engine")
+"""An inbound message in one of these is not answered yet: newer ones of its conversation wait for it."""
+UNSENT = ("pending", "retry", "delivering")
+"""An outbound message in one of these has not reached the user yet: newer ones wait for it."""
+RECORD_RETRIES = (0.2, 0.5, 1.0, 2.0, 4.0, 8.0, 15.0)
+"""Seconds between tries to record a delivery that happened while the database was unreachable."""
 
 
 @dataclass(frozen=True)
@@ -77,6 +85,7 @@ class Assistant:
         engine_message_chars: int = 500,
         clock: Any = utcnow,
         limiter: RateLimiter | None = None,
+        claim_lease: float = 60.0,
     ) -> None:
         self.kb = kb
         self.sessions = sessions
@@ -86,6 +95,7 @@ class Assistant:
         self.engine_message_chars = engine_message_chars
         self.hours = OfficeHours(kb.region)
         self.clock = clock
+        self.claim_lease = dt.timedelta(seconds=claim_lease)
         self._language_names = self._build_language_names(kb)
         self._delete_command = DeleteCommand(kb)
         self.limiter = limiter
@@ -179,13 +189,48 @@ class Assistant:
 
     # ------------------------------------------------------------------ processing
 
+    def _lease_expired(self) -> Any:
+        """A ``processing`` claim older than the lease: its worker died (or hung) before finishing."""
+        cutoff = utcnow() - self.claim_lease
+        return and_(Message.status == "processing",
+                    or_(Message.claimed_at.is_(None), Message.claimed_at < cutoff))
+
     def _claim(self, session: Session, message_id: int) -> bool:
+        """Take a message for this worker (conditional UPDATE: two workers never both succeed).
+
+        The claim is a lease: a worker that dies with the message ``processing`` loses it after
+        ``claim_lease`` seconds, and :meth:`retry_waiting` (any worker) answers it.
+        """
         result = session.execute(
             update(Message)
-            .where(Message.id == message_id, Message.status.in_(("received", "waiting_engine")))
-            .values(status="processing", attempts=Message.attempts + 1)
+            .where(Message.id == message_id,
+                   or_(Message.status.in_(("received", "waiting_engine")), self._lease_expired()))
+            .values(status="processing", attempts=Message.attempts + 1, claimed_at=utcnow(),
+                    takeovers=case((Message.status == "processing", Message.takeovers + 1), else_=Message.takeovers))
         )
         session.commit()
+        return bool(result.rowcount)  # type: ignore[attr-defined]
+
+    def _give_up_poison(self) -> None:
+        """A message that stopped its worker :data:`MAX_TAKEOVERS` times would block its conversation forever."""
+        with self.sessions() as session:
+            ids = session.scalars(
+                select(Message.id).where(Message.direction == "in", self._lease_expired(),
+                                         Message.takeovers >= MAX_TAKEOVERS)
+            ).all()
+            if ids:
+                session.execute(update(Message).where(Message.id.in_(ids), self._lease_expired())
+                                .values(status="failed"))
+                session.commit()
+                log.error("messages %s failed while being answered %d times; given up", list(ids), MAX_TAKEOVERS)
+
+    @staticmethod
+    def _still_ours(session: Session, message_id: int, claim: int) -> bool:
+        """True when no other worker took the message over since our claim (``attempts`` is the token)."""
+        result = session.execute(
+            update(Message).where(Message.id == message_id, Message.attempts == claim).values(claimed_at=None),
+            execution_options={"synchronize_session": False},
+        )
         return bool(result.rowcount)  # type: ignore[attr-defined]
 
     async def respond(self, message_id: int) -> list[Reply]:
@@ -215,7 +260,28 @@ class Assistant:
             await self._process_one(older_id, deliver=True)
             if self._still_waiting(older_id):
                 break
-        return await self._process_one(message_id, deliver=deliver)
+        replies = await self._process_one(message_id, deliver=deliver)
+        await self._process_followers(message_id)
+        return replies
+
+    async def _process_followers(self, message_id: int) -> None:
+        """Once a message is answered, the newer ones of its conversation that waited for it, in order."""
+        with self.sessions() as session:
+            row = session.execute(
+                select(Message.conversation_id, Message.status).where(Message.id == message_id)
+            ).first()
+            if row is None or row.status != "answered":
+                return
+            newer = session.scalars(
+                select(Message.id)
+                .where(Message.conversation_id == row.conversation_id, Message.direction == "in",
+                       Message.status == "waiting_engine", Message.id > message_id)
+                .order_by(Message.id)
+            ).all()
+        for newer_id in newer:
+            await self._process_one(newer_id, deliver=True)
+            if self._still_waiting(newer_id):
+                break
 
     def _release(self, message_id: int) -> None:
         """A message whose processing crashed goes back to the worker (``failed`` after a few tries)."""
@@ -238,6 +304,7 @@ class Assistant:
                 return []
             message = session.get(Message, message_id)
             assert message is not None
+            claim = message.attempts
             conversation = session.get(Conversation, message.conversation_id)
             assert conversation is not None
             identity = session.get(Identity, conversation.identity_id)
@@ -258,6 +325,11 @@ class Assistant:
                 message.confidence = engine_reply.confidence
                 message.payload = {"parse": engine_reply.parse}
             outbound = self._store_replies(session, message, replies)
+            if not self._still_ours(session, message_id, claim):
+                session.rollback()
+                log.warning("message=%s was taken over by another worker (lease expired); not answered twice",
+                            message_id)
+                return []
             session.commit()
             address, platform = identity.platform_user_id, identity.platform
             log.info("processed message=%s status=%s replies=%d", message.id, message.status, len(replies))
@@ -301,6 +373,10 @@ class Assistant:
             self._attempt(outbound, platform, "failed", "no connector")
             return False
         replies = [dataclasses.replace(reply, message_id=mid) for mid, reply in zip(outbound, replies, strict=True)]
+        urgent = any(reply.key.startswith("msg:emergency") for reply in replies)
+        if not urgent and outbound and self._older_unsent(outbound[0]):
+            self._hold(outbound)  # delivered after the older replies of the conversation, by the retry loop
+            return False
         context = self._claim_reply_context(inbound_id) if inbound_id is not None else {}
         try:
             await connector.deliver(address, replies, context)
@@ -316,8 +392,9 @@ class Assistant:
                 rest = rest[1:]
             self._schedule_retry(rest, platform, exc)
             return False
-        self._mark(outbound, "sent")
-        self._attempt(outbound, platform, "sent", "")
+        await self._record_sent(outbound, platform)
+        if outbound:
+            await self.retry_deliveries(conversation_of=outbound[0])
         return True
 
     def _unsubscribe(self, platform: str, address: str) -> None:
@@ -329,6 +406,38 @@ class Assistant:
             )
             session.commit()
         log.info("platform=%s refused delivery for good: the identity is marked unsubscribed", platform)
+
+    async def _record_sent(self, outbound: Sequence[int], platform: str) -> None:
+        """Record a delivery the platform accepted. If the database is briefly away (a restart), keep
+        trying: unrecorded, the replies would be reclaimed after the lease and shown twice."""
+        for wait in (*RECORD_RETRIES, None):
+            try:
+                self._mark(outbound, "sent")
+                self._attempt(outbound, platform, "sent", "")
+                return
+            except (OperationalError, InterfaceError):
+                if wait is None:
+                    raise
+                log.warning("database unreachable while recording delivered messages %s; retrying", list(outbound))
+                await asyncio.sleep(wait)
+
+    def _older_unsent(self, first_outbound: int) -> bool:
+        """True when an older reply of the same conversation has not reached the user yet."""
+        with self.sessions() as session:
+            conversation_id = session.scalar(select(Message.conversation_id).where(Message.id == first_outbound))
+            older = select(Message.id).where(
+                Message.conversation_id == conversation_id, Message.direction == "out",
+                Message.status.in_(UNSENT), Message.id < first_outbound,
+            )
+            return bool(session.scalar(select(exists(older))))
+
+    def _hold(self, outbound: Sequence[int]) -> None:
+        with self.sessions() as session:
+            session.execute(
+                update(Message).where(Message.id.in_(outbound), Message.status.in_(("pending", "delivering")))
+                .values(status="retry", next_attempt_at=utcnow())
+            )
+            session.commit()
 
     def _attempt(self, outbound: Sequence[int], platform: str, outcome: str, detail: str) -> None:
         if not outbound:
@@ -359,17 +468,50 @@ class Assistant:
         log.warning("delivery %s platform=%s messages=%s attempt=%d: %s", outcome, platform, list(outbound),
                     attempts, exc)
 
-    async def retry_deliveries(self, limit: int = 50) -> int:
-        """Deliver replies whose earlier attempt failed and whose time has come; returns how many batches."""
+    def _reclaim_deliveries(self) -> None:
+        """Replies a dead worker was delivering (``pending`` / ``delivering`` past the lease) go back to ``retry``."""
         now = utcnow()
+        cutoff = now - self.claim_lease
         with self.sessions() as session:
-            due = session.execute(
+            result = session.execute(
+                update(Message)
+                .where(
+                    Message.direction == "out",
+                    or_(
+                        and_(Message.status == "pending", Message.created_at < cutoff),
+                        and_(Message.status == "delivering",
+                             or_(Message.claimed_at < cutoff,
+                                 and_(Message.claimed_at.is_(None), Message.created_at < cutoff))),
+                    ),
+                )
+                .values(status="retry", next_attempt_at=now)
+            )
+            session.commit()
+            if result.rowcount:  # type: ignore[attr-defined]
+                log.warning("%d replies left by a stopped worker are delivered again", result.rowcount)  # type: ignore[attr-defined]
+
+    async def retry_deliveries(self, limit: int = 50, conversation_of: int | None = None) -> int:
+        """Deliver replies whose earlier attempt failed (or that waited for older ones) and whose time has come.
+
+        Replies reach the user in the order of the conversation: a batch waits while an older reply
+        of its conversation is unsent. ``conversation_of``: only the conversation of this message.
+        Returns how many batches were delivered.
+        """
+        now = utcnow()
+        if conversation_of is None:
+            self._reclaim_deliveries()
+        with self.sessions() as session:
+            query = (
                 select(Message.in_reply_to)
                 .where(Message.direction == "out", Message.status == "retry", Message.next_attempt_at <= now)
                 .group_by(Message.in_reply_to)
                 .order_by(Message.in_reply_to)
                 .limit(limit)
-            ).scalars().all()
+            )
+            if conversation_of is not None:
+                query = query.where(Message.conversation_id == select(Message.conversation_id)
+                                    .where(Message.id == conversation_of).scalar_subquery())
+            due = session.execute(query).scalars().all()
         delivered = 0
         for inbound_id in due:
             with self.sessions() as session:
@@ -379,8 +521,11 @@ class Assistant:
                     .order_by(Message.id)
                 ).all()
                 ids = [row.id for row in rows]
+                if not ids or self._older_unsent(ids[0]):
+                    continue
                 claimed = session.execute(
-                    update(Message).where(Message.id.in_(ids), Message.status == "retry").values(status="delivering")
+                    update(Message).where(Message.id.in_(ids), Message.status == "retry")
+                    .values(status="delivering", claimed_at=utcnow())
                 )
                 session.commit()
                 if claimed.rowcount != len(ids) or not ids:  # type: ignore[attr-defined]
@@ -398,7 +543,7 @@ class Assistant:
                     continue
                 replies = [reply_from_row(row) for row in rows]
                 platform, address = identity.platform, identity.platform_user_id
-            if await self.deliver(platform, address, ids, replies):
+            if await self.deliver(platform, address, ids, replies, inbound_id=inbound_id):
                 delivered += 1
         return delivered
 
@@ -512,7 +657,13 @@ class Assistant:
                 Message.id != message.id,
             )
         ).all()
-        if any(other < message.id for other in waiting):
+        earlier_open = session.scalar(select(exists(
+            select(Message.id).where(
+                Message.conversation_id == conversation.id, Message.direction == "in",
+                Message.status.in_(OPEN_INBOUND), Message.id < message.id,
+            )
+        )))
+        if earlier_open:
             message.status = "waiting_engine"  # answered in order, after the older ones
             return [], None
         engine_text = text[: self.engine_message_chars]
@@ -847,12 +998,18 @@ class Assistant:
     # ------------------------------------------------------------------ worker
 
     async def retry_waiting(self, limit: int = 100) -> int:
-        """Answer messages that waited for the engine, oldest first; returns how many were answered."""
+        """Answer messages that waited for the engine, oldest first; returns how many were answered.
+
+        Also messages a stopped worker had claimed (``processing`` past the lease).
+        """
+        self._give_up_poison()
         with self.sessions() as session:
             rows = session.execute(
                 select(Message.id, Message.conversation_id)
-                .where(Message.direction == "in", Message.status.in_(("waiting_engine", "received")),
-                       Message.created_at < utcnow() - dt.timedelta(seconds=1))
+                .where(Message.direction == "in",
+                       or_(and_(Message.status.in_(("waiting_engine", "received")),
+                                Message.created_at < utcnow() - dt.timedelta(seconds=1)),
+                           self._lease_expired()))
                 .order_by(Message.id)
                 .limit(limit)
             ).all()

@@ -19,7 +19,14 @@ class Settings(BaseSettings):
     database_url: str = Field(default="", validation_alias="DATABASE_URL")
     knowledge_base: Path = PROJECT / "knowledge_base"
     rasa_url: str = "http://127.0.0.1:5005"
+    """One engine, or several separated by commas (scale-out): tried in turn, the next one when one is down."""
     rasa_timeout: float = 10.0
+    engine_endpoints: Path = PROJECT / "endpoints.yml"
+    """Rasa's endpoints file: ``endpoints.yml`` (in-memory stores, one engine) or ``endpoints-scale.yml``."""
+    engine_host: str = "127.0.0.1"
+    """Where ``python -m bot engine`` listens: loopback, or a private address when app workers run elsewhere."""
+    claim_lease_seconds: float = 60.0
+    """A message or delivery claimed longer ago than this by a worker that did not finish is taken over."""
     host: str = "127.0.0.1"
     port: int = 8000
     retry_interval: float = 2.0
@@ -73,6 +80,16 @@ class Settings(BaseSettings):
     translation_threads: int = 1
     """CPU threads per translation model."""
 
+    # Disaster alerts (bot/broadcast.py)
+    telegram_broadcast_rate: float = 30.0
+    """Alert messages a second to Telegram, all chats together (Telegram allows about 30)."""
+    broadcast_workers: bool = True
+    """Deliver queued alerts from this app process (set false where a separate ``alert worker`` runs)."""
+
+    def rasa_urls(self) -> list[str]:
+        """The engine addresses in ``rasa_url`` (comma-separated), in order."""
+        return [url.strip().rstrip("/") for url in self.rasa_url.split(",") if url.strip()]
+
     def resolved_database_url(self) -> str:
         """``DATABASE_URL`` when set, else an SQLite file under the data folder."""
         if self.database_url:
@@ -81,9 +98,3 @@ class Settings(BaseSettings):
                 url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
             return url
         return f"sqlite:///{self.data_dir / 'consult.db'}"
-
-    # Disaster alerts (bot/broadcast.py)
-    telegram_broadcast_rate: float = 30.0
-    """Alert messages a second to Telegram, all chats together (Telegram allows about 30)."""
-    broadcast_workers: bool = True
-    """Deliver queued alerts from this app process (set false where a separate ``alert worker`` runs)."""

@@ -5,11 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import NullPool
 
 from alembic import command
 from bot.settings import PROJECT
+
+MIGRATION_LOCK = 0x636F6E73756C74
+"""PostgreSQL advisory lock held while migrating ("consult")."""
 
 
 def make_engine(url: str) -> Engine:
@@ -42,4 +46,17 @@ def upgrade(url: str) -> None:
     config = Config(str(PROJECT / "alembic.ini"))
     config.set_main_option("script_location", str(PROJECT / "alembic"))
     config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
-    command.upgrade(config, "head")
+    if not url.startswith("postgresql"):
+        command.upgrade(config, "head")
+        return
+    lock = create_engine(url, poolclass=NullPool)
+    try:
+        with lock.connect() as connection:  # workers starting together migrate one after another
+            connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": MIGRATION_LOCK})
+            try:
+                command.upgrade(config, "head")
+            finally:
+                connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": MIGRATION_LOCK})
+                connection.commit()
+    finally:
+        lock.dispose()

@@ -122,6 +122,10 @@ class Message(Base):
     """in, for staff: ``pending`` (the background worker translates it), ``done``, ``unavailable``."""
     staff_id: Mapped[int | None] = mapped_column(ForeignKey("staff_users.id", ondelete="SET NULL"))
     """out: the staff member who wrote it (None: the assistant)."""
+    claimed_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    """When a worker took it (in: ``processing``; out: ``delivering``); after the lease another worker may."""
+    takeovers: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    """in: how often a claim expired (its worker stopped) and another worker took the message over."""
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 

@@ -89,6 +89,7 @@ def build_assistant(settings: Settings, connectors: Mapping[str, Connector] | No
         connectors=all_connectors,
         engine_message_chars=settings.engine_message_chars,
         limiter=rate_limiter(settings),
+        claim_lease=settings.claim_lease_seconds,
     )
 
 
