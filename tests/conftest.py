@@ -113,11 +113,19 @@ def postgres_admin() -> Iterator[sqlalchemy.Engine]:
     admin.dispose()
 
 
+@pytest.fixture
+def apps() -> Iterator[contextlib.ExitStack]:
+    """The apps a test started; stopped before its database is dropped, whatever order fixtures came in."""
+    with contextlib.ExitStack() as stack:
+        yield stack
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+def database_url(request: pytest.FixtureRequest, tmp_path: Path, apps: contextlib.ExitStack) -> Iterator[str]:
     """A new, empty database: an SQLite file, or a fresh database on the local PostgreSQL."""
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'consult.db'}"
+        apps.close()
         return
     admin: sqlalchemy.Engine = request.getfixturevalue("postgres_admin")
     name = f"consult_test_{uuid.uuid4().hex[:12]}"
@@ -125,6 +133,7 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
         connection.execute(sqlalchemy.text(f'CREATE DATABASE "{name}"'))
     url = admin.url.set(database=name).render_as_string(hide_password=False)
     yield url
+    apps.close()  # no app session may be running while the database goes away
     sqlalchemy.orm.close_all_sessions()
     with warnings.catch_warnings():  # connections of engines already dropped: collected here, not in a later test
         warnings.simplefilter("ignore", ResourceWarning)
@@ -164,9 +173,8 @@ class Chat:
 
 
 @pytest.fixture
-def make_client(tmp_path: Path) -> Iterator[Callable[..., TestClient]]:
+def make_client(tmp_path: Path, apps: contextlib.ExitStack) -> Iterator[Callable[..., TestClient]]:
     """Start the app (its lifespan and background worker included) against a database and engine URL."""
-    stack = contextlib.ExitStack()
 
     def factory(database_url: str, rasa_url: str, **overrides: Any) -> TestClient:
         settings = Settings(
@@ -174,10 +182,10 @@ def make_client(tmp_path: Path) -> Iterator[Callable[..., TestClient]]:
             rasa_timeout=30.0, **overrides,
         )
         client = TestClient(create_app(settings))
-        return stack.enter_context(client)
+        return apps.enter_context(client)
 
     yield factory
-    stack.close()
+    apps.close()
 
 
 @pytest.fixture
@@ -210,16 +218,15 @@ class LiveServer:
 
 
 @pytest.fixture
-def live_server(tmp_path: Path) -> Callable[..., LiveServer]:
-    stack = contextlib.ExitStack()
+def live_server(tmp_path: Path, apps: contextlib.ExitStack) -> Callable[..., LiveServer]:
 
     def factory(database_url: str, rasa_url: str) -> LiveServer:
         settings = Settings(data_dir=tmp_path / "live", database_url=database_url, rasa_url=rasa_url,
                             retry_interval=0.2)
-        return stack.enter_context(LiveServer(create_app(settings)))
+        return apps.enter_context(LiveServer(create_app(settings)))
 
     yield factory  # type: ignore[misc]
-    stack.close()
+    apps.close()
 
 
 # ------------------------------------------------------------------ platform fakes
