@@ -383,7 +383,7 @@ class Assistant:
         except DeliveryError as exc:
             sent = list(outbound[: exc.delivered])
             rest = list(outbound[exc.delivered :])
-            self._mark(sent, "sent")
+            await self._record_sent(sent, platform, attempt=False)
             if exc.unsubscribed:
                 self._unsubscribe(platform, address)
             if exc.uncertain and rest and not replies[exc.delivered].key.startswith("msg:emergency"):
@@ -407,13 +407,14 @@ class Assistant:
             session.commit()
         log.info("platform=%s refused delivery for good: the identity is marked unsubscribed", platform)
 
-    async def _record_sent(self, outbound: Sequence[int], platform: str) -> None:
+    async def _record_sent(self, outbound: Sequence[int], platform: str, attempt: bool = True) -> None:
         """Record a delivery the platform accepted. If the database is briefly away (a restart), keep
         trying: unrecorded, the replies would be reclaimed after the lease and shown twice."""
         for wait in (*RECORD_RETRIES, None):
             try:
                 self._mark(outbound, "sent")
-                self._attempt(outbound, platform, "sent", "")
+                if attempt:
+                    self._attempt(outbound, platform, "sent", "")
                 return
             except (OperationalError, InterfaceError):
                 if wait is None:
