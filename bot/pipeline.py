@@ -644,11 +644,9 @@ class Assistant:
             message.language = chosen
             return [self._msg("language_changed", chosen)], None
 
-        emergency = self.safety.check(text)
-        if emergency is not None:
-            self.escalate(session, conversation, user, identity, "safety", urgent=True, language=language)
-            log.warning("safety net: kind=%s conversation=%s", emergency.kind, conversation.id)
-            return [self._msg(f"emergency_{emergency.kind}", language), self._msg("emergency_followup", language)], None
+        guidance = self._safety_net(session, conversation, user, identity, language, text)
+        if guidance is not None:
+            return guidance, None
 
         waiting = session.scalars(
             select(Message.id).where(
@@ -840,6 +838,24 @@ class Assistant:
         case.updated_at = utcnow()
         return case
 
+    def _safety_net(
+        self,
+        session: Session,
+        conversation: Conversation,
+        user: User,
+        identity: Identity,
+        language: str,
+        text: str,
+    ) -> list[Reply] | None:
+        """119/110 guidance and an urgent case when the message is life-threatening, else None."""
+        emergency = self.safety.check(text)
+        if emergency is None:
+            return None
+        self.escalate(session, conversation, user, identity, "safety", urgent=True, language=language)
+        log.warning("safety net: kind=%s conversation=%s handler=%s", emergency.kind, conversation.id,
+                    conversation.handler)
+        return [self._msg(f"emergency_{emergency.kind}", language), self._msg("emergency_followup", language)]
+
     def _with_staff(
         self,
         session: Session,
@@ -852,11 +868,9 @@ class Assistant:
     ) -> list[Reply]:
         """Staff hold the conversation: the assistant is silent, except the safety net and one notice."""
         message.status = "staff"
-        emergency = self.safety.check(text) if has_words(text) else None
-        if emergency is not None:
-            self.escalate(session, conversation, user, identity, "safety", urgent=True, language=language)
-            log.warning("safety net: kind=%s conversation=%s (with staff)", emergency.kind, conversation.id)
-            return [self._msg(f"emergency_{emergency.kind}", language), self._msg("emergency_followup", language)]
+        guidance = self._safety_net(session, conversation, user, identity, language, text) if has_words(text) else None
+        if guidance is not None:
+            return guidance
         if conversation.staff_notice_sent:
             return []
         conversation.staff_notice_sent = True
