@@ -25,7 +25,6 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -36,6 +35,7 @@ import yaml
 PROJECT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT))
 
+from bench.latency import free_port, wait_ready  # noqa: E402
 from bot.knowledge import KnowledgeBase  # noqa: E402
 from bot.languages import LANGUAGES  # noqa: E402
 from bot.safety import SafetyNet  # noqa: E402
@@ -122,26 +122,6 @@ def ask_all(url: str, db_path: Path, items: list[tuple[str, str, str, str]], urg
     finally:
         db.close()
     return results
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_ready(url: str, timeout: float = 240) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url, timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise SystemExit(f"{url} did not answer")
 
 
 def accepted(result: Result, threshold: float, faq_threshold: float) -> bool:
@@ -267,8 +247,8 @@ def main() -> int:
     env.pop("DATABASE_URL", None)
     app = subprocess.Popen([sys.executable, "-m", "bot", "serve"], cwd=PROJECT, env=env, start_new_session=True)
     try:
-        wait_ready(f"{engine_url}/webhooks/consult/")
-        wait_ready(f"{app_url}/health")
+        wait_ready(f"{engine_url}/webhooks/consult/", 240)
+        wait_ready(f"{app_url}/health", 240)
         results = ask_all(app_url, folder / "consult.db", items, urgent)
     finally:
         stop_process(app)  # type: ignore[arg-type]

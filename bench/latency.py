@@ -30,31 +30,8 @@ from bot.__main__ import start_engine, stop_process  # noqa: E402
 from bot.engine_build import train_if_needed  # noqa: E402
 from bot.knowledge import KnowledgeBase  # noqa: E402
 from bot.settings import Settings  # noqa: E402
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def rss_mb(pid: int) -> float:
-    """Resident memory of a process and all its descendants, in MB."""
-    total = 0
-    pids = [pid]
-    while pids:
-        current = pids.pop()
-        try:
-            for line in Path(f"/proc/{current}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1])
-            children = Path(f"/proc/{current}/task/{current}/children").read_text().split()
-        except (FileNotFoundError, ProcessLookupError):
-            continue
-        pids.extend(int(child) for child in children)
-    return total / 1024
+from tests.fakes import free_port  # noqa: E402
+from tests.topology import rss_mb  # noqa: E402
 
 
 def wait_ready(url: str, timeout: float = 180) -> None:
