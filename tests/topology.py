@@ -147,7 +147,25 @@ def prepare_app_database(url: str, first_conversation: int) -> None:
         engine.dispose()
 
 
-class RasaServer:
+class Process:
+    """A product process the tests start in its own session, and can stop or kill."""
+
+    process: subprocess.Popen[bytes] | None = None
+
+    def kill(self) -> None:
+        """kill -9 at once, as on a crash or the OOM killer: no shutdown, whatever it had claimed stays claimed."""
+        if self.process is not None and self.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+    def stop(self) -> None:
+        if self.process is not None:
+            stop_process(self.process)
+            self.process = None
+
+
+class RasaServer(Process):
     """``rasa run`` with ``endpoints-scale.yml`` on its own port."""
 
     def __init__(self, folder: Path, tracker_url: str, lock_prefix: str) -> None:
@@ -162,7 +180,7 @@ class RasaServer:
             "CONSULT_REDIS_DB": "0",
             "CONSULT_LOCK_PREFIX": lock_prefix,
         }
-        self.process: subprocess.Popen[bytes] | None = None
+        self.process = None
 
     def ready(self) -> bool:
         try:
@@ -179,20 +197,9 @@ class RasaServer:
             log = (self.folder / f"rasa-{self.port}.log").read_text(errors="replace")[-3000:]
             raise RuntimeError(f"Rasa did not start:\n{log}")
 
-    def kill(self) -> None:
-        """The server dies at once (SIGKILL), as on a crash or the OOM killer."""
-        if self.process is not None and self.process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
-
-    def stop(self) -> None:
-        if self.process is not None:
-            stop_process(self.process)
-            self.process = None
 
 
-class AppWorker:
+class AppWorker(Process):
     """``python -m bot serve`` as its own process."""
 
     def __init__(self, folder: Path, env: dict[str, str]) -> None:
@@ -200,7 +207,7 @@ class AppWorker:
         self.url = f"http://127.0.0.1:{self.port}"
         self.folder = folder
         self.env = env
-        self.process: subprocess.Popen[bytes] | None = None
+        self.process = None
 
     def start(self) -> AppWorker:
         env = {**os.environ, **self.env, "CONSULT_PORT": str(self.port)}
@@ -225,17 +232,6 @@ class AppWorker:
             log = (self.folder / f"app-{self.port}.log").read_text(errors="replace")[-3000:]
             raise RuntimeError(f"the app worker did not start:\n{log}")
 
-    def kill(self) -> None:
-        """kill -9: no shutdown, whatever it had claimed stays claimed."""
-        if self.process is not None and self.process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
-
-    def stop(self) -> None:
-        if self.process is not None:
-            stop_process(self.process)  # type: ignore[arg-type]
-            self.process = None
 
     def log_text(self) -> str:
         return (self.folder / f"app-{self.port}.log").read_text(errors="replace")
