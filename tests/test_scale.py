@@ -216,7 +216,7 @@ def test_postgres_restart_mid_stream_loses_and_repeats_nothing(
 ) -> None:
     workers, database = make_workers(fake_line)
     storms(fake_line)
-    stream = run_stream(fake_line, workers, stack.postgres.restart)
+    stream = run_stream(fake_line, workers, lambda: stack.postgres.restart(down=3.0))
     figures = assert_exactly_once_in_order(fake_line, stream, database, kb)
     assert figures["messages"] >= 100
     assert figures["redeliveries"] > 0, "no webhook met the restart"

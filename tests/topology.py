@@ -109,9 +109,14 @@ class Postgres:
         self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-l", str(self.log), "-o", options, "-w",
                   "-t", "60", action, *extra)
 
-    def restart(self) -> None:
-        """A fast restart: every connection is cut, the server is back a moment later."""
-        self._ctl("restart", "-m", "fast")
+    def restart(self, down: float = 0.0) -> None:
+        """A fast restart: every connection is cut; the server is back ``down`` seconds later."""
+        if not down:
+            self._ctl("restart", "-m", "fast")
+            return
+        self._ctl("stop", "-m", "fast")
+        time.sleep(down)
+        self._ctl("start")
 
     def stop(self) -> None:
         with contextlib.suppress(subprocess.CalledProcessError):
