@@ -429,7 +429,7 @@ class BroadcastService:
             ).all()
             broadcast = session.get(Broadcast, broadcast_id)
             assert broadcast is not None
-            report.update(template=broadcast.template, fields=broadcast.fields,
+            report.update(template=broadcast.template, fields=broadcast.fields, created_by=broadcast.created_by,
                           machine_translated=broadcast.machine_translated,
                           created_at=broadcast.created_at.isoformat() if broadcast.created_at else None,
                           finished_at=broadcast.finished_at.isoformat() if broadcast.finished_at else None)

@@ -208,14 +208,15 @@ class FakeLine(FakeServer):
         return base64.b64encode(digest).decode()
 
     def delivered(self, user_id: str) -> list[dict[str, Any]]:
-        """Every message the user has been shown, in order (replies and pushes that LINE accepted)."""
+        """Every message the user has been shown, in order (replies, pushes and multicasts LINE accepted)."""
         shown: list[dict[str, Any]] = []
         for call in list(self.calls):
             if call.status != 200:
                 continue
             reply = call.path == "/v2/bot/message/reply" and call.body.get("_user") == user_id
             push = call.path == "/v2/bot/message/push" and call.body.get("to") == user_id
-            if reply or push:
+            multicast = call.path == "/v2/bot/message/multicast" and user_id in (call.body.get("to") or ())
+            if reply or push or multicast:
                 shown.extend(call.body["messages"])
         return shown
 

@@ -28,6 +28,7 @@ from bot.settings import Settings
 from bot.translation import Translator
 from bot.web.api import install as install_api
 from bot.web.console import install as install_console
+from bot.web.console_alerts import install as install_alert_pages
 from connectors.rest import RestConnector
 from connectors.rest import router as rest_router
 
@@ -182,7 +183,8 @@ def create_app(
     app.include_router(rest_router(assistant))
     for channel in channels:
         app.include_router(channel.router(assistant))
-    install_console(app, settings, app.state.helpdesk)
+    console = install_console(app, settings, app.state.helpdesk)
+    install_alert_pages(app, console, broadcasts)
     install_api(app, settings, app.state.helpdesk)
 
     @app.get("/", response_class=HTMLResponse)

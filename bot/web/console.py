@@ -23,6 +23,7 @@ from jinja2 import Environment, FileSystemLoader
 from starlette.concurrency import run_in_threadpool
 
 from bot import staff as staff_accounts
+from bot.broadcast import is_disaster_mode
 from bot.helpdesk import Forbidden, HelpDesk, HelpDeskError, NotFound, Preview, QueueFilter
 from bot.settings import Settings
 from bot.staff import StaffMember
@@ -33,7 +34,7 @@ _WEB = Path(__file__).parent
 STATUSES = {"open": "未対応", "assigned": "対応中", "waiting": "返信待ち", "resolved": "解決済み"}
 ACTIVE = ("open", "assigned", "waiting")
 REASONS = {"requested": "職員を希望", "fallback": "理解できず", "safety": "緊急", "feedback": "低評価",
-           "staff": "職員が引き継ぎ"}
+           "staff": "職員が引き継ぎ", "checkin": "安否確認: 支援が必要"}
 AGES: dict[str, tuple[str, QueueFilter]] = {
     "1h": ("1時間以上前", QueueFilter(older_than=dt.timedelta(hours=1))),
     "24h": ("24時間以上前", QueueFilter(older_than=dt.timedelta(hours=24))),
@@ -41,7 +42,8 @@ AGES: dict[str, tuple[str, QueueFilter]] = {
     "today": ("24時間以内", QueueFilter(newer_than=dt.timedelta(hours=24))),
 }
 ACTIONS = {"login": "ログイン", "logout": "ログアウト", "login_failed": "ログイン失敗",
-           "account_locked": "アカウントロック"}
+           "account_locked": "アカウントロック", "alert_sent": "お知らせ送信", "alert_refused": "お知らせ送信せず",
+           "disaster_mode_on": "災害モード開始", "disaster_mode_off": "災害モード終了"}
 AGAIN = "ページを再読み込みしてからもう一度送信してください。"
 
 
@@ -95,9 +97,11 @@ class Console:
 
     # ------------------------------------------------------------------ plumbing
 
-    def _local_time(self, value: dt.datetime | None, fmt: str = "%m/%d %H:%M") -> str:
-        if value is None:
+    def _local_time(self, value: dt.datetime | str | None, fmt: str = "%m/%d %H:%M") -> str:
+        if not value:
             return ""
+        if isinstance(value, str):
+            value = dt.datetime.fromisoformat(value)
         if value.tzinfo is None:
             value = value.replace(tzinfo=dt.UTC)
         return value.astimezone(self.zone).strftime(fmt)
@@ -153,7 +157,8 @@ class Console:
 
     def page(self, visit: Visit, template: str, status: int = 200, **values: Any) -> Response:
         html = self.templates.get_template(f"console/{template}").render(
-            staff=visit.staff, csrf=visit.session.csrf, flash=visit.session.pop_flash(), **values
+            staff=visit.staff, csrf=visit.session.csrf, flash=visit.session.pop_flash(),
+            disaster=visit.staff is not None and is_disaster_mode(self.helpdesk.assistant.sessions), **values
         )
         return self.finish(HTMLResponse(html, status_code=status), visit.session)
 
@@ -172,7 +177,7 @@ class Console:
                 staff = staff_accounts.get_staff(db, session.staff_id)
         html = self.templates.get_template("console/error.html").render(
             staff=staff, csrf=session.csrf, flash="", status=problem.status, heading=problem.heading,
-            reason=problem.reason,
+            reason=problem.reason, disaster=False,
         )
         return self.finish(HTMLResponse(html, status_code=problem.status), session)
 
