@@ -44,7 +44,7 @@ def record_checkin(
     match = _PAYLOAD.match((message.text or "").strip())
     broadcast = session.get(Broadcast, int(match.group(1))) if match else None
     if match is None or broadcast is None:
-        return [assistant._msg("help", language)]
+        return [assistant.reply("help", language)]
     answer = match.group(2)
     message.intent = f"checkin_{answer}"
     row = session.scalar(
@@ -63,9 +63,9 @@ def record_checkin(
             row.escalation_id = escalation.id
         log.warning("check-in: help needed alert=%s user=%s escalation=%s", broadcast.id, user.id,
                     row.escalation_id)
-        return [assistant._msg("checkin_recorded_help", language)]
+        return [assistant.reply("checkin_recorded_help", language)]
     log.info("check-in: safe alert=%s user=%s", broadcast.id, user.id)
-    return [assistant._msg("checkin_recorded_safe", language)]
+    return [assistant.reply("checkin_recorded_safe", language)]
 
 
 def checkin_counts(sessions: sessionmaker[Session], broadcast_id: int) -> dict[str, Any]:

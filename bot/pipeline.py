@@ -620,29 +620,29 @@ class Assistant:
             return self._feedback(session, message, conversation, user, identity, language, text), None
 
         if kind == "welcome":
-            welcome = self._msg("welcome", language, self._language_buttons())
+            welcome = self.reply("welcome", language, self._language_buttons())
             return [*self._disaster_notice(session, language), welcome], None  # quick replies: last message
         if kind == "unsupported":
-            return [self._msg("unsupported_message", language)], None
+            return [self.reply("unsupported_message", language)], None
         if kind == "help":
-            return [self._msg("help", language), *self._disaster_notice(session, language)], None
+            return [self.reply("help", language), *self._disaster_notice(session, language)], None
         if kind == "language_menu":
-            return [self._msg("language_menu", language, self._language_buttons())], None
+            return [self.reply("language_menu", language, self._language_buttons())], None
         if kind == "staff":
             conversation.failed_understandings = 0
             return [self._handoff(session, conversation, user, identity, language, "requested")], None
         if kind == "delete_data":
             forget(session, user, keep_message_id=message.id)
-            return [self._msg("data_deleted", language)], None
+            return [self.reply("data_deleted", language)], None
 
         if not has_words(text):
-            return [self._msg("empty_prompt", language)], None
+            return [self.reply("empty_prompt", language)], None
 
         chosen = self.language_named(text)
         if chosen:
             user.language = chosen
             message.language = chosen
-            return [self._msg("language_changed", chosen)], None
+            return [self.reply("language_changed", chosen)], None
 
         guidance = self._safety_net(session, conversation, user, identity, language, text)
         if guidance is not None:
@@ -674,10 +674,10 @@ class Assistant:
         except EngineUnavailable:
             message.status = "waiting_engine"
             told = waiting or (message.attempts or 0) > 1  # the user hears "please wait" once
-            return ([] if told else [self._msg("please_wait", language)]), None
+            return ([] if told else [self.reply("please_wait", language)]), None
         replies = self._render(session, reply, conversation, user, identity, language)
         if len(text) > self.engine_message_chars and replies:
-            replies.insert(0, self._msg("too_long", language))
+            replies.insert(0, self.reply("too_long", language))
         return replies, reply
 
     def _rate_limited(
@@ -694,11 +694,12 @@ class Assistant:
             return None
         message.status = "limited"
         log.info("rate limit: message=%s identity=%s %s", message.id, identity.id, verdict)
-        return [self._msg("rate_limited", language)] if verdict == NOTIFY else []
+        return [self.reply("rate_limited", language)] if verdict == NOTIFY else []
 
     # ------------------------------------------------------------------ rendering
 
-    def _msg(self, key: str, language: str, buttons: Sequence[Button] = (), **extra: str) -> Reply:
+    def reply(self, key: str, language: str, buttons: Sequence[Button] = (), **extra: str) -> Reply:
+        """A message of ``messages.yml`` in ``language`` (region values and ``extra`` filled in)."""
         return Reply(text=self.kb.message(key, language, **extra), buttons=tuple(buttons), key=f"msg:{key}")
 
     def _answer(self, entry_id: str, language: str) -> Reply:
@@ -733,7 +734,7 @@ class Assistant:
                 if custom["answer"] in self.kb.entries:
                     replies.append(self._answer(str(custom["answer"]), language))
                 else:
-                    replies.append(self._msg("help", language))
+                    replies.append(self.reply("help", language))
             elif custom.get("suggest"):
                 conversation.failed_understandings += 1
                 replies.append(self._suggest(reply, language, disaster_first=disaster_mode_on(session)))
@@ -743,7 +744,7 @@ class Assistant:
             elif custom.get("offer_staff"):
                 conversation.failed_understandings += 1
                 replies.append(
-                    self._msg(
+                    self.reply(
                         "offer_staff",
                         language,
                         [
@@ -757,10 +758,10 @@ class Assistant:
                 reason = "fallback" if reply.intent == "affirm" else "requested"
                 replies.append(self._handoff(session, conversation, user, identity, language, reason))
             elif custom.get("language_menu"):
-                replies.append(self._msg("language_menu", language, self._language_buttons()))
+                replies.append(self.reply("language_menu", language, self._language_buttons()))
             elif "message" in custom:
                 conversation.failed_understandings = 0
-                replies.append(self._msg(str(custom["message"]), language))
+                replies.append(self.reply(str(custom["message"]), language))
             else:
                 log.warning("engine response without a known key: %s", sorted(custom))
         return replies
@@ -782,7 +783,7 @@ class Assistant:
         when = self.when_staff_reply(language)
         if disaster_mode_on(session):  # the regional multilingual disaster desk first
             when = f"{self.kb.message('handoff_when_disaster', language)}\n{when}"
-        return self._msg("handoff_created", language, when=when)
+        return self.reply("handoff_created", language, when=when)
 
     def when_staff_reply(self, language: str) -> str:
         """"Staff are working now" or, out of hours, when they next start, in ``language``."""
@@ -814,7 +815,7 @@ class Assistant:
         message.payload = {"feedback": {"answer": entry_id, "helpful": helpful}}
         log.info("feedback helpful=%s answer=%s conversation=%s", helpful, entry_id or "-", conversation.id)
         if helpful:
-            return [self._msg("feedback_thanks", language)]
+            return [self.reply("feedback_thanks", language)]
         topic = entry_id if entry_id in self.kb.entries else None
         return [self._handoff(session, conversation, user, identity, language, "feedback", topic=topic)]
 
@@ -854,7 +855,7 @@ class Assistant:
         self.escalate(session, conversation, user, identity, "safety", urgent=True, language=language)
         log.warning("safety net: kind=%s conversation=%s handler=%s", emergency.kind, conversation.id,
                     conversation.handler)
-        return [self._msg(f"emergency_{emergency.kind}", language), self._msg("emergency_followup", language)]
+        return [self.reply(f"emergency_{emergency.kind}", language), self.reply("emergency_followup", language)]
 
     def _with_staff(
         self,
@@ -874,7 +875,7 @@ class Assistant:
         if conversation.staff_notice_sent:
             return []
         conversation.staff_notice_sent = True
-        return [self._msg("staff_handling", language)]
+        return [self.reply("staff_handling", language)]
 
     @staticmethod
     async def _best_effort(call: Any) -> Any:
@@ -897,7 +898,7 @@ class Assistant:
         keys = keys[:SUGGESTIONS]
         buttons = [Button(self.kb.title(key, language), choose_payload(key)) for key in keys]
         buttons.append(Button(self.kb.message("suggest_none", language), "/deny"))
-        return self._msg("suggest_intro", language, buttons)
+        return self.reply("suggest_intro", language, buttons)
 
     # ------------------------------------------------------------------ escalations
 
@@ -1076,7 +1077,7 @@ class Assistant:
 
     def _disaster_notice(self, session: Session, language: str) -> list[Reply]:
         """In disaster mode, the welcome and help point to the regional multilingual disaster desk."""
-        return [self._msg("disaster_mode_notice", language)] if disaster_mode_on(session) else []
+        return [self.reply("disaster_mode_notice", language)] if disaster_mode_on(session) else []
 
 
 def _menu_language(user: User, identity: Identity) -> str | None:
