@@ -2,8 +2,9 @@
 not, never get a 5xx, never crash the app, and never leave anything stored half-way.
 
 No Rasa: the engine URL is dead (messages wait for it, which is a normal state). The fake LINE and
-Telegram APIs receive the answers. Example counts: REST 2,000, LINE 1,600, Telegram 1,600 on SQLite,
-a quarter of that on PostgreSQL (``FUZZ_SCALE=0.1`` for a quick run).
+Telegram APIs receive the answers. The console's forms and pages get random fields and query strings
+from a signed-in admin. Example counts: REST 2,000, LINE 1,600, Telegram 1,600, console 2,000 on
+SQLite, a quarter of that on PostgreSQL (``FUZZ_SCALE=0.1`` for a quick run).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import os
 import string
 from collections.abc import Callable, Iterator
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 from fastapi.testclient import TestClient
@@ -253,3 +255,98 @@ def test_telegram_webhook(app_with_fakes: Fuzzed) -> None:
 
     case()
     assert len(calls) >= examples(1600, factor)
+
+
+# ------------------------------------------------------------------ console forms
+
+CONSOLE_FIELDS = ["csrf_token", "login", "password", "next", "text_ja", "translation", "assignee", "question_ja",
+                  "answer_ja", "title", "display_name", "role", "label", "state", "template", "free_text", "areas",
+                  "language", "platform", "field_area", "field_time", "field_name", "field_address",
+                  "field_map_url", "field_place", "page", "status", "urgent", "age", "topic", "mine"]
+form_values = text | st.sampled_from(["on", "off", "admin", "staff", "earthquake", "checkin", "shelter_opened",
+                                      "1", "0", "-1", "99999999999", "en", "ja-easy", "line", "telegram",
+                                      "https://example.jp/map", "宮古市", "active", "all", "24h"])
+console_form = st.lists(st.tuples(st.sampled_from(CONSOLE_FIELDS) | text, form_values), max_size=10)
+
+
+def _console_paths(client: TestClient, ids: dict[str, str]) -> tuple[list[str], list[str]]:
+    """Every console GET and POST path, ``{…}`` filled with an existing id or a random-looking one."""
+    from fastapi.routing import APIRoute, iter_route_contexts
+
+    gets, posts = [], []
+    for route in iter_route_contexts(client.app.routes):  # type: ignore[attr-defined]
+        path = route.path or ""
+        if not isinstance(route.original_route, APIRoute) or not path.startswith("/console"):
+            continue
+        if path in ("/console/login", "/console/logout"):
+            continue  # signing out would end the fuzzing session
+        for name, value in ids.items():
+            path = path.replace("{" + name + "}", value)
+        (posts if "POST" in (route.methods or ()) else gets).append(path)
+    return gets, posts
+
+
+def test_console_forms(database_url: str, make_client: Callable[..., TestClient], dead_engine_url: str) -> None:
+    """A signed-in admin posts random forms (valid CSRF token or not) to every console form and opens
+    every page with random query strings: never a 5xx, and nothing is stored half-way."""
+    import re
+
+    from bot import staff as staff_accounts
+    from bot.db.models import Broadcast, BroadcastDelivery, CannedReply, Escalation
+
+    with FakeTelegram() as telegram:
+        client = make_client(database_url, dead_engine_url, **telegram_settings(telegram))
+        factor = 1.0 if database_url.startswith("sqlite") else 0.25
+        assistant = client.app.state.assistant  # type: ignore[attr-defined]
+        with assistant.sessions() as session:
+            staff_accounts.create_staff(session, "fuzz", "correct horse battery staple", role="admin")
+            session.commit()
+        client.post("/webhooks/rest/webhook", json={"sender": "fuzz-user", "message": "I want to talk to staff"})
+        login_page = client.get("/console/login").text
+        token = re.search(r'name="csrf_token" value="([^"]+)"', login_page)
+        assert token
+        signed_in = client.post("/console/login", follow_redirects=False, data={
+            "login": "fuzz", "password": "correct horse battery staple", "csrf_token": token.group(1)})
+        assert signed_in.status_code == 303
+        csrf = re.search(r'name="csrf_token" value="([^"]+)"', client.get("/console/queue").text)
+        assert csrf
+        with assistant.sessions() as session:
+            case_id = session.scalar(select(func.max(Escalation.id))) or 1
+        ids = {"case_id": str(case_id), "canned_id": "1", "suggestion_id": "1", "alert_id": "1"}
+        gets, posts = _console_paths(client, ids)
+        assert len(posts) >= 15 and len(gets) >= 10
+        calls: list[int] = []
+
+        @settings(max_examples=examples(2000, factor), **FUZZ)
+        @given(path=st.sampled_from(posts), form=console_form, with_token=st.booleans(), query=console_form,
+               page=st.sampled_from(gets))
+        def case(path: str, form: list[tuple[str, str]], with_token: bool, query: list[tuple[str, str]],
+                 page: str) -> None:
+            pairs = [(k, v) for k, v in form if k != "csrf_token"]
+            if with_token:
+                pairs.append(("csrf_token", csrf.group(1)))
+            body = "&".join(f"{quote(k.encode('utf-8', 'surrogatepass'), safe='')}="
+                            f"{quote(v.encode('utf-8', 'surrogatepass'), safe='')}" for k, v in pairs)
+            response = client.post(path, content=body, follow_redirects=False,
+                                   headers={"content-type": "application/x-www-form-urlencoded"})
+            assert response.status_code < 500, (path, response.text[:300])
+            calls.append(response.status_code)
+            if not with_token:
+                assert response.status_code == 403, path
+            shown = client.get(page, params=[(k.encode("utf-8", "surrogatepass").decode("utf-8", "replace"),
+                                              v.encode("utf-8", "surrogatepass").decode("utf-8", "replace"))
+                                             for k, v in query], follow_redirects=False)
+            assert shown.status_code < 500, (page, shown.text[:300])
+
+        case()
+        assert len(calls) >= examples(2000, factor)
+        assert {200, 303} & set(calls) and 400 in calls and 403 in calls, sorted(set(calls))
+        with assistant.sessions() as session:
+            for broadcast in session.scalars(select(Broadcast)):
+                jobs = session.scalar(select(func.count(BroadcastDelivery.id))
+                                      .where(BroadcastDelivery.broadcast_id == broadcast.id))
+                assert broadcast.status in ("queued", "sending", "done", "refused")
+                assert jobs or broadcast.status in ("done", "refused"), "an alert was queued without its deliveries"
+            for canned in session.scalars(select(CannedReply)):
+                assert canned.title.strip() and canned.text_ja.strip()
+        assert_nothing_half_way(client)
