@@ -524,14 +524,16 @@ class Assistant:
                 ids = [row.id for row in rows]
                 if not ids or self._older_unsent(ids[0]):
                     continue
+                stamp = utcnow()  # our claim: a partial claim gives back only its own rows, never another worker's
                 claimed = session.execute(
                     update(Message).where(Message.id.in_(ids), Message.status == "retry")
-                    .values(status="delivering", claimed_at=utcnow())
+                    .values(status="delivering", claimed_at=stamp)
                 )
                 session.commit()
-                if claimed.rowcount != len(ids) or not ids:  # type: ignore[attr-defined]
+                if claimed.rowcount != len(ids):  # type: ignore[attr-defined]
                     session.execute(
-                        update(Message).where(Message.id.in_(ids), Message.status == "delivering")
+                        update(Message).where(Message.id.in_(ids), Message.status == "delivering",
+                                              Message.claimed_at == stamp)
                         .values(status="retry")
                     )
                     session.commit()

@@ -8,6 +8,7 @@ of answering: what it had claimed stays claimed, as after a kill -9.
 from __future__ import annotations
 
 import asyncio
+import re
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
@@ -216,3 +217,46 @@ def test_the_engine_client_fails_over_to_the_next_engine(quick_engine: ScriptedE
 
     assert asyncio.run(ask()) == ["greet_reply"] * 4
     assert quick_engine.asked == 4
+
+
+def test_a_worker_that_loses_a_delivery_claim_leaves_the_winners_claim_alone(
+    run_workers: Callable[[Scenario], None], fake_line: FakeLine, kb: KnowledgeBase
+) -> None:
+    """Two workers pick the same due reply; the other one claims it between our read and our claim.
+    We must neither send it nor hand the other worker's claim back (it would then be sent twice)."""
+    from sqlalchemy import event, update
+
+    from bot.db.models import utcnow
+
+    async def scenario(_: Assistant, worker: Assistant) -> None:
+        user = f"U{uuid.uuid4().hex}"
+        fake_line.expire_reply_tokens()
+        fake_line.fail("/v2/bot/message/push", 500, {"message": "try again"})
+        first, _ = worker.store_inbound(inbound(user, "hello"))
+        await worker.respond(first)
+        with worker.sessions() as session:
+            reply = session.scalar(select(Message.id).where(Message.in_reply_to == first))
+            session.execute(update(Message).where(Message.id == reply).values(next_attempt_at=utcnow()))
+            session.commit()
+        bind = worker.sessions.kw["bind"]
+        done: list[bool] = []
+
+        def the_other_worker_claims_first(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+            if not done and re.match(r"\s*UPDATE messages SET status=\S+, claimed_at=", statement):
+                done.append(True)
+                other = bind.connect()
+                other.execute(update(Message).where(Message.id == reply)
+                              .values(status="delivering", claimed_at=utcnow()))
+                other.commit()
+                other.close()
+
+        event.listen(bind, "before_cursor_execute", the_other_worker_claims_first)
+        pushes = len(fake_line.calls_to("/v2/bot/message/push"))
+        assert await worker.retry_deliveries() == 0
+        event.remove(bind, "before_cursor_execute", the_other_worker_claims_first)
+        assert done, "the claim was raced"
+        assert len(fake_line.calls_to("/v2/bot/message/push")) == pushes  # not sent by the loser
+        with worker.sessions() as session:
+            assert session.scalar(select(Message.status).where(Message.id == reply)) == "delivering"
+
+    run_workers(scenario)

@@ -48,6 +48,7 @@ from tests.topology import (
     RasaServer,
     app_env,
     delivered_answers,
+    explain,
     prepare_app_database,
     wait_for,
 )
@@ -201,7 +202,9 @@ def assert_exactly_once_in_order(line: FakeLine, stream: LineStream, database: s
     for user, events in stream.sent.items():
         calls = shown.get(user, [])
         answers = Counter(event for event, texts in calls if any(t != please_wait for t in texts))
-        assert answers == Counter(events), f"user {user}: answers per message {answers} for {len(events)} messages"
+        twice = [event for event, count in answers.items() if count > 1]
+        assert answers == Counter(events), (f"user {user}: answers per message {answers} for {len(events)} messages\n"
+                                            + "\n".join(explain(line, stream, database, e) for e in twice))
         positions = [events.index(event) for event, _ in calls]
         assert positions == sorted(positions), f"user {user} saw answers out of order: {positions}"
         notices += sum(1 for _, texts in calls if texts == [please_wait])

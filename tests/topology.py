@@ -366,6 +366,36 @@ def delivered_answers(line: FakeLine, stream: LineStream, database_url: str) -> 
     return shown
 
 
+def explain(line: FakeLine, stream: LineStream, database_url: str, event_id: str) -> str:
+    """What happened to one event: its stored rows, their delivery attempts, the LINE calls it caused."""
+    from connectors.line import retry_key
+
+    engine = sqlalchemy.create_engine(database_url.replace("postgresql://", "postgresql+psycopg://", 1))
+    lines = [f"event {event_id}:"]
+    try:
+        with engine.connect() as connection:
+            rows = connection.execute(sqlalchemy.text(
+                "SELECT id, direction, status, attempts, takeovers, created_at, claimed_at, in_reply_to "
+                "FROM messages WHERE platform_event_id = :e OR in_reply_to IN "
+                "(SELECT id FROM messages WHERE platform_event_id = :e) ORDER BY id"), {"e": event_id}).all()
+            lines += [f"  message {tuple(row)}" for row in rows]
+            ids = [row[0] for row in rows]
+            if ids:
+                attempts = connection.execute(sqlalchemy.text(
+                    "SELECT message_id, outcome, detail, created_at FROM delivery_attempts "
+                    "WHERE message_id = ANY(:ids) ORDER BY id"), {"ids": ids}).all()
+                lines += [f"  attempt {tuple(row)}" for row in attempts]
+            keys = {retry_key(row[0], []) for row in rows if row[1] == "out"}
+    finally:
+        engine.dispose()
+    tokens = {token for token, event in stream.tokens.items() if event == event_id}
+    for call in list(line.calls):
+        if call.body.get("replyToken") in tokens or call.headers.get("X-Line-Retry-Key") in keys:
+            lines.append(f"  LINE {call.method} {call.path} {call.status} at {call.at:.3f} "
+                         f"key={call.headers.get('X-Line-Retry-Key', '-')}")
+    return "\n".join(lines)
+
+
 def answer_keys(database_url: str) -> dict[str, str | None]:
     """``X-Line-Retry-Key`` of every stored reply → the ``webhookEventId`` of the message it answers."""
     from connectors.line import retry_key
