@@ -118,12 +118,16 @@ def _kb_check() -> int:
     from bot.alerts import check_alerts, load_alerts
 
     problems += check_alerts(load_alerts(kb.root), kb)
+    from bot.areas import check_areas
+
+    problems += check_areas(kb)
     for problem in problems:
         print(problem)
     topics: dict[str, int] = {}
     for entry in kb.entries.values():
         topics[entry.topic] = topics.get(entry.topic, 0) + 1
-    print(f"{len(kb.entries)} entries {dict(sorted(topics.items()))}; {len(problems)} problems")
+    print(f"{len(kb.entries)} entries {dict(sorted(topics.items()))}; {len(kb.region.municipalities)} municipalities; "
+          f"{len(problems)} problems")
     return 1 if problems else 0
 
 

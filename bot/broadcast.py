@@ -32,6 +32,7 @@ from sqlalchemy import func, insert, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from bot.alerts import AlertTemplate, load_alerts
+from bot.areas import AreaDirectory
 from bot.db.models import Broadcast, BroadcastDelivery, Identity, Switch, User, utcnow
 from bot.knowledge import KnowledgeBase, fill
 from bot.language_id import normalise_hint
@@ -196,6 +197,7 @@ class BroadcastService:
         self.senders = senders
         self.alert_templates = dict(templates if templates is not None else load_alerts(kb.root))
         self.translator = translator
+        self.areas = AreaDirectory(kb.region)
 
     # ------------------------------------------------------------ what staff pick from
 
@@ -292,6 +294,26 @@ class BroadcastService:
                 found.append(Recipient(user.id, identity.platform, identity.platform_user_id, language, user.area))
         return found
 
+    def _municipalities(self, areas: Sequence[str]) -> list[str]:
+        """Target areas as users' stored values (Morioka, 盛岡 → 盛岡市); an unknown one is refused,
+        because it would silently reach nobody."""
+        if not self.areas.municipalities:
+            return [area for area in areas if area.strip()]
+        names: list[str] = []
+        unknown: list[str] = []
+        for area in areas:
+            if not area.strip():
+                continue
+            municipality = self.areas.find(area)
+            if municipality is None:
+                unknown.append(area)
+            elif municipality.name not in names:
+                names.append(municipality.name)
+        if unknown:
+            raise AlertError(f"unknown area {', '.join(unknown)}; an area is a municipality of region.yml, "
+                             f"e.g. {self.areas.municipalities[0].name}")
+        return names
+
     # ------------------------------------------------------------ quota
 
     async def line_quota(self) -> Quota | None:
@@ -315,7 +337,7 @@ class BroadcastService:
         """Render, target, check the quota and queue; returns the alert id.
 
         Raises:
-            AlertError: bad template, fields, language or platform (nothing stored).
+            AlertError: bad template, fields, area, language or platform (nothing stored).
             AlertRefused: stored as ``refused`` with the reason (LINE's quota would be exceeded).
         """
         spec = self._validate(template, fields, free_text)
@@ -328,6 +350,7 @@ class BroadcastService:
         if bad_platforms:
             raise AlertError(f"no sender for platform {', '.join(bad_platforms)}; configured: "
                              f"{', '.join(self.senders) or 'none'}")
+        areas = self._municipalities(areas)
         people = await asyncio.to_thread(self.recipients, areas, languages, platforms)
         used_languages = sorted({r.language for r in people} | {FALLBACK_LANGUAGE})
         texts, translated = await self._render_all(spec, fields, free_text, used_languages)

@@ -65,6 +65,18 @@ class Entry:
 
 
 @dataclass(frozen=True)
+class Municipality:
+    """A city, town or village of the region: what a user gives as their area."""
+
+    name: str
+    """The Japanese name with 市/町/村 (盛岡市): the value stored in ``User.area``."""
+    reading: str
+    """The name in hiragana (もりおかし)."""
+    romaji: str
+    """The romanised name without the suffix (Morioka)."""
+
+
+@dataclass(frozen=True)
 class Region:
     """The regional facts that answers refer to by placeholder."""
 
@@ -74,6 +86,7 @@ class Region:
     values: dict[str, str]
     unconfirmed: tuple[str, ...]
     helpdesk: dict[str, Any]
+    municipalities: tuple[Municipality, ...] = ()
 
     def placeholders(self, language: str) -> dict[str, str]:
         filled = {key: str(value) for key, value in self.values.items()}
@@ -160,7 +173,23 @@ def _load_region(path: Path) -> Region:
         values={key: str(value) for key, value in data.get("values", {}).items()},
         unconfirmed=tuple(data.get("unconfirmed", ())),
         helpdesk=dict(data.get("helpdesk", {})),
+        municipalities=_municipalities(data.get("municipalities") or ()),
     )
+
+
+def _municipalities(items: Any) -> tuple[Municipality, ...]:
+    found: list[Municipality] = []
+    problems: list[str] = []
+    for index, item in enumerate(items):
+        fields = [item.get(key) if isinstance(item, dict) else None for key in ("name", "reading", "romaji")]
+        if not all(isinstance(value, str) and value.strip() for value in fields):
+            problems.append(f"region.yml: municipality {index + 1} needs a name, a reading and a romaji")
+            continue
+        name, reading, romaji = (str(value).strip() for value in fields)
+        found.append(Municipality(name=name, reading=reading, romaji=romaji))
+    if problems:
+        raise KnowledgeBaseError(problems)
+    return tuple(found)
 
 
 def _parse_entry(path: Path, data: dict[str, Any]) -> Entry:

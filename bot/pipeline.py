@@ -22,6 +22,7 @@ from sqlalchemy import Select, and_, case, exists, or_, select, update
 from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
+from bot.areas import MAX_MESSAGE_CHARS, AreaDirectory
 from bot.broadcast import disaster_mode_on
 from bot.checkin import is_checkin, record_checkin
 from bot.db.models import Conversation, DeliveryAttempt, Escalation, Identity, Message, User, utcnow
@@ -45,6 +46,8 @@ RETRY_BACKOFF = (2.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0)
 """Seconds before delivery attempt 2, 3, ...; the platform's Retry-After wins when it is longer."""
 THINKING_TIMEOUT = 2.0
 FEEDBACK_PAYLOAD = "/feedback"
+_AREA_COMMAND = re.compile(r"^/area(?:@\w+)?(?:\s+(.*))?$", re.IGNORECASE | re.DOTALL)
+"""``/area`` typed on any channel, with an optional answer (``/area Morioka``)."""
 OPEN_CASE = ("open", "assigned", "waiting")
 JAPANESE = ("ja", "ja-easy")
 MAX_PROCESSING_ATTEMPTS = 3
@@ -98,6 +101,7 @@ class Assistant:
         self.claim_lease = dt.timedelta(seconds=claim_lease)
         self._language_names = self._build_language_names(kb)
         self._delete_command = DeleteCommand(kb)
+        self.areas = AreaDirectory(kb.region)
         self.limiter = limiter
 
     # ------------------------------------------------------------------ intake
@@ -591,6 +595,8 @@ class Assistant:
             identity.unsubscribed = False  # whoever writes can be answered (a Telegram user unblocked the bot)
         if kind == "text" and self._delete_command.matches(message.text or ""):
             kind = message.kind = "delete_data"
+        if kind == "text" and area_argument(message.text or "") is not None:  # "/area" typed, on any channel
+            kind = message.kind = "area_menu"
         if kind == "welcome":
             identity.unsubscribed = False
             if connector is not None and not user.language:
@@ -604,8 +610,10 @@ class Assistant:
             return record_checkin(self, session, message, conversation, user, identity, language), None
         text = (message.text or "") if kind == "text" else ""
         is_payload = text.startswith("/")
+        # a place name says nothing about the reader's language (盛岡市 is not Chinese): known language first
+        place = not is_payload and self.areas.find(text) is not None and _menu_language(user, identity) is not None
         language, detected = resolve(
-            "" if is_payload else text, user.language, user.detected_language, identity.language_hint
+            "" if is_payload or place else text, user.language, user.detected_language, identity.language_hint
         )
         if detected:
             user.detected_language = detected
@@ -630,6 +638,8 @@ class Assistant:
             return [self.reply("help", language), *self._disaster_notice(session, language)], None
         if kind == "language_menu":
             return [self.reply("language_menu", language, self._language_buttons())], None
+        if kind == "area_menu":
+            return self._area_menu(session, conversation, user, identity, language, message.text or ""), None
         if kind == "staff":
             conversation.failed_understandings = 0
             return [self._handoff(session, conversation, user, identity, language, "requested")], None
@@ -649,6 +659,10 @@ class Assistant:
         guidance = self._safety_net(session, conversation, user, identity, language, text)
         if guidance is not None:
             return guidance, None
+
+        area = self._area_named(conversation, user, language, text)
+        if area is not None:
+            return area, None
 
         waiting = session.scalars(
             select(Message.id).where(
@@ -697,6 +711,42 @@ class Assistant:
         message.status = "limited"
         log.info("rate limit: message=%s identity=%s %s", message.id, identity.id, verdict)
         return [self.reply("rate_limited", language)] if verdict == NOTIFY else []
+
+    # ------------------------------------------------------------------ the user's area
+
+    def _area_menu(
+        self, session: Session, conversation: Conversation, user: User, identity: Identity, language: str, text: str
+    ) -> list[Reply]:
+        """``/area`` asks which municipality the user lives in; ``/area 一関市`` sets it at once."""
+        argument = area_argument(text) or ""
+        if argument and has_words(argument):
+            guidance = self._safety_net(session, conversation, user, identity, language, argument)
+            if guidance is not None:
+                return guidance
+            conversation.area_prompted = True
+            named = self._area_named(conversation, user, language, argument)
+            return named or [self.reply("area_unknown", language, example=self.areas.example(language))]
+        conversation.area_prompted = True
+        replies = [self.reply("area_prompt", language, example=self.areas.example(language))]
+        current = self.areas.get(user.area)
+        if current is not None:
+            replies.insert(0, self.reply("area_current", language, area=self.areas.display(current, language)))
+        return replies
+
+    def _area_named(self, conversation: Conversation, user: User, language: str, text: str) -> list[Reply] | None:
+        """The whole message names a municipality: it becomes the user's area. After the area prompt, a
+        short message that names none is told so, once. Else None (the conversation goes on)."""
+        prompted, conversation.area_prompted = conversation.area_prompted, False
+        if text.startswith("/"):  # a button's payload
+            return None
+        municipality = self.areas.find(text)
+        if municipality is not None:
+            user.area = municipality.name
+            log.info("user=%s gave their area", user.id)
+            return [self.reply("area_set", language, area=self.areas.display(municipality, language))]
+        if prompted and len(text) <= MAX_MESSAGE_CHARS:
+            return [self.reply("area_unknown", language, example=self.areas.example(language))]
+        return None
 
     # ------------------------------------------------------------------ rendering
 
@@ -854,6 +904,7 @@ class Assistant:
         emergency = self.safety.check(text)
         if emergency is None:
             return None
+        conversation.area_prompted = False
         self.escalate(session, conversation, user, identity, "safety", urgent=True, language=language)
         log.warning("safety net: kind=%s conversation=%s handler=%s", emergency.kind, conversation.id,
                     conversation.handler)
@@ -1129,6 +1180,12 @@ def mark_for_staff(message: Message, language: str) -> None:
 
 def choose_payload(entry_id: str) -> str:
     return "/choose_answer" + json.dumps({"answer": entry_id}, separators=(",", ":"))
+
+
+def area_argument(text: str) -> str | None:
+    """What follows ``/area`` (``""`` for the bare command), or None when the text is not the command."""
+    match = _AREA_COMMAND.match(text.strip())
+    return (match.group(1) or "").strip() if match else None
 
 
 def _fold_name(text: str) -> str:

@@ -31,12 +31,14 @@ class Reply:
     """The stored outbound message, when delivered by the core (connectors may refer to it)."""
 
 
-KINDS = ("text", "welcome", "unsupported", "unsubscribe", "help", "language_menu", "staff", "delete_data")
+KINDS = ("text", "welcome", "unsupported", "unsubscribe", "help", "language_menu", "area_menu", "staff",
+         "delete_data")
 """What an inbound event means, whatever the platform calls it.
 
 ``text``: words (or a button's payload); ``welcome``: the user arrived (LINE follow, Telegram /start);
 ``unsupported``: a sticker, image, audio, video, file or location; ``unsubscribe``: the user left
-(LINE unfollow); the rest are explicit commands (Telegram /help, /language, /staff, /delete_my_data).
+(LINE unfollow); the rest are explicit commands (Telegram /help, /language, /area, /staff, /delete_my_data).
+``area_menu``: "which municipality do you live in?"; its text may carry the answer ("/area 一関市").
 """
 
 

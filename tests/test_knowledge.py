@@ -31,7 +31,7 @@ def test_every_answer_renders_without_leftover_placeholders(kb: KnowledgeBase, l
 @pytest.mark.parametrize("language", LANGUAGES)
 def test_every_catalog_message_renders(kb: KnowledgeBase, language: str) -> None:
     for key in kb.messages:
-        text = kb.message(key, language, when="x", next_open="x", date="2026-01-01")
+        text = kb.message(key, language, when="x", next_open="x", date="2026-01-01", area="x", example="x")
         assert not re.search(r"\{[a-z_]+\}", text), (key, language)
 
 

@@ -279,9 +279,11 @@ def test_rich_menus_one_per_language_and_users_linked_to_theirs(
     created = [c for c in user.fake.calls if c.path == "/v2/bot/richmenu"]
     assert [c.body["chatBarText"] for c in created] == [kb.message("menu_chat_bar", code) for code in LANGUAGES]
     japanese = created[0].body["areas"]
-    assert [a["action"]["data"] for a in japanese] == ["consult:help", "consult:language", "consult:staff",
-                                                    "consult:delete_data"]
-    assert [a["action"]["displayText"] for a in japanese][2] == kb.message("command_staff", "ja")
+    assert [a["action"]["data"] for a in japanese] == ["consult:help", "consult:language", "consult:area",
+                                                    "consult:staff", "consult:delete_data"]
+    assert [a["action"]["displayText"] for a in japanese][2] == kb.message("command_area", "ja")
+    assert [a["action"]["displayText"] for a in japanese][3] == kb.message("command_staff", "ja")
+    assert sum(a["bounds"]["width"] for a in japanese) <= 2500
     images = [c for c in user.fake.calls if c.path.endswith("/content")]
     assert len(images) == len(LANGUAGES) and all(c.headers["Content-Type"] == "image/png" for c in images)
     aliases = {c.body["richMenuAliasId"]: c.body["richMenuId"] for c in user.fake.calls_to("/richmenu/alias")}

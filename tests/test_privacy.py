@@ -44,6 +44,7 @@ def test_rest_user_deletes_their_data_with_a_text_command(
     user, other = Chat(rest), Chat(rest)
     user.say("Português")
     user.say(EMERGENCY)
+    user.say("Morioka")
     other.say(EMERGENCY)
     assert len(rows(rest, Escalation)) == 2
     assert [r["text"] for r in user.say(command)] == [kb.message("data_deleted", "pt")]
@@ -57,6 +58,7 @@ def test_rest_user_deletes_their_data_with_a_text_command(
     (case,) = rows(rest, Escalation)
     assert case.conversation_id == theirs[0].conversation_id
     assert [r["text"] for r in user.say("🙂")] == [kb.message("empty_prompt", "en")], "the language choice is gone"
+    assert [u.area for u in rows(rest, User)] == [None, None], "the area is gone too"
 
 
 def test_a_question_about_deleting_data_is_not_a_command(rest: TestClient, kb: KnowledgeBase) -> None:
@@ -97,10 +99,12 @@ def test_office_exports_then_erases_one_user(
     user, other = Chat(rest), Chat(rest)
     user.say("한국어")
     user.say(EMERGENCY)
+    user.say("Morioka")
     other.say("Hello there")
     status, data = run_cli(monkeypatch, capsys, database_url, "export", "--platform", "rest", "--user", user.sender)
     assert status == 0
     assert data["user"]["language"] == "ko"
+    assert data["user"]["area"] == "盛岡市"
     assert [i["platform_user_id"] for i in data["identities"]] == [user.sender]
     texts = [m["text"] for m in data["messages"]]
     assert texts[:2] == ["한국어", kb.message("language_changed", "ko")]

@@ -80,7 +80,7 @@ def make_telegram(database_url: str, fake_telegram: FakeTelegram, make_client: C
 def rows(client: TestClient, model: type, *where: object) -> list[Any]:
     assistant = client.app.state.assistant  # type: ignore[attr-defined]
     with assistant.sessions() as session:
-        return list(session.scalars(select(model).where(*where)))
+        return list(session.scalars(select(model).where(*where).order_by(model.id)))  # type: ignore[attr-defined]
 
 
 def test_emergency_is_answered_at_once(make_telegram: Callable[..., TelegramUser], kb: KnowledgeBase) -> None:
@@ -274,5 +274,6 @@ def test_set_webhook_registers_the_secret_and_the_commands_per_language(
     assert hook.body["url"] == url and hook.body["secret_token"] == SECRET
     menus = {c.body.get("language_code"): c.body["commands"] for c in fake_telegram.method_calls("setMyCommands")}
     assert set(menus) == {None, "ja", "en", "zh", "vi", "ko", "pt", "ne", "tl", "id", "es"}
-    assert [c["command"] for c in menus["ja"]] == ["start", "help", "language", "staff", "delete_my_data"]
-    assert menus["ja"][4]["description"] == kb.message("command_delete_my_data", "ja")
+    assert [c["command"] for c in menus["ja"]] == ["start", "help", "language", "area", "staff", "delete_my_data"]
+    assert menus["ja"][3]["description"] == kb.message("command_area", "ja")
+    assert menus["ja"][5]["description"] == kb.message("command_delete_my_data", "ja")

@@ -75,6 +75,8 @@ class Conversation(Base):
     failed_understandings: Mapped[int] = mapped_column(Integer, default=0)
     staff_notice_sent: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     """While staff hold the conversation: the user has been told so (once per hand-over)."""
+    area_prompted: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    """The user was just asked for their municipality: a next message that names none is told so once."""
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     last_activity: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 

@@ -58,8 +58,8 @@ MAX_LABEL = 20
 MAX_QUICK_REPLIES = 13
 MAX_POSTBACK_DATA = 300
 LOADING_SECONDS = 20
-COMMANDS = {"consult:help": "help", "consult:language": "language_menu", "consult:staff": "staff",
-            "consult:delete_data": "delete_data"}
+COMMANDS = {"consult:help": "help", "consult:language": "language_menu", "consult:area": "area_menu",
+            "consult:staff": "staff", "consult:delete_data": "delete_data"}
 """Postback data of the rich menu's areas, as inbound kinds."""
 _RETRY_KEYS = uuid.UUID("4f9a3c1e-7d52-4b8e-9a61-2c0e5b7d8f13")
 

@@ -1,13 +1,13 @@
 """``python -m connectors.line rich-menus [--images DIR] [--default LANG]``.
 
-Creates one rich menu per shipped language (help, language, staff, delete my data; labels and
+Creates one rich menu per shipped language (help, language, my area, staff, delete my data; labels and
 chat-bar text from the message catalog), gives each the alias ``consult-<language>``, makes
 ``--default`` the menu of users not linked yet, and links every known LINE user to the menu of
 their language. Run it again after changing the catalog. A user who changes language later is
 linked to the new language's menu at once by the app (``LineConnector.language_changed``).
 
-Images: ``DIR/<language>.png`` (2500x843, under 1 MB) when given; otherwise a plain four-panel
-image is generated (the tapped area's label is shown in the chat as the user's message).
+Images: ``DIR/<language>.png`` (2500x843, under 1 MB) when given; otherwise a plain
+five-panel image is generated (the tapped area's label is shown in the chat as the user's message).
 """
 
 from __future__ import annotations
@@ -44,9 +44,9 @@ from bot.settings import Settings
 from connectors.line import menu_alias
 
 WIDTH, HEIGHT = 2500, 843
-AREAS = (("consult:help", "command_help"), ("consult:language", "command_language"), ("consult:staff", "command_staff"),
-         ("consult:delete_data", "command_delete_my_data"))
-PANEL_COLOURS = ((0x2E, 0x7D, 0x32), (0x15, 0x65, 0xC0), (0xEF, 0x6C, 0x00), (0x61, 0x61, 0x61))
+AREAS = (("consult:help", "command_help"), ("consult:language", "command_language"), ("consult:area", "command_area"),
+         ("consult:staff", "command_staff"), ("consult:delete_data", "command_delete_my_data"))
+PANEL_COLOURS = ((0x2E, 0x7D, 0x32), (0x15, 0x65, 0xC0), (0x6A, 0x1B, 0x9A), (0xEF, 0x6C, 0x00), (0x61, 0x61, 0x61))
 BULK_LINK = 500
 
 

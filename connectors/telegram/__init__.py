@@ -43,6 +43,7 @@ COMMANDS = {
     "start": "welcome",
     "help": "help",
     "language": "language_menu",
+    "area": "area_menu",
     "staff": "staff",
     "delete_my_data": "delete_data",
 }
@@ -190,6 +191,8 @@ def to_inbound(update: Update, assistant: Assistant) -> tuple[Inbound | None, st
     if message.text is None:
         return Inbound(text="", kind="unsupported", **common), None  # sticker, photo, voice, file, location
     kind = _command(message.text)
+    if kind == "area_menu":  # "/area 一関市" carries the answer
+        return Inbound(text=message.text.replace("\x00", ""), kind=kind, **common), None
     if kind is not None:
         return Inbound(text="", kind=kind, **common), None
     return Inbound(text=message.text.replace("\x00", ""), **common), None

@@ -2,7 +2,7 @@
 
 set-webhook    register ``CONSULT_TELEGRAM_PUBLIC_URL``/webhooks/telegram with the secret token, and the
                command menu in every shipped language
-set-commands   only the command menu (/start, /help, /language, /staff, /delete_my_data), per language_code
+set-commands   only the command menu (/start, /help, /language, /area, /staff, /delete_my_data), per language_code
 delete-webhook stop webhook delivery (long polling needs this; the app does it itself when polling)
 """
 
