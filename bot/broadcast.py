@@ -294,7 +294,7 @@ class BroadcastService:
                 found.append(Recipient(user.id, identity.platform, identity.platform_user_id, language, user.area))
         return found
 
-    def _municipalities(self, areas: Sequence[str]) -> list[str]:
+    def municipalities(self, areas: Sequence[str]) -> list[str]:
         """Target areas as users' stored values (Morioka, 盛岡 → 盛岡市); an unknown one is refused,
         because it would silently reach nobody."""
         if not self.areas.municipalities:
@@ -350,7 +350,7 @@ class BroadcastService:
         if bad_platforms:
             raise AlertError(f"no sender for platform {', '.join(bad_platforms)}; configured: "
                              f"{', '.join(self.senders) or 'none'}")
-        areas = self._municipalities(areas)
+        areas = self.municipalities(areas)
         people = await asyncio.to_thread(self.recipients, areas, languages, platforms)
         used_languages = sorted({r.language for r in people} | {FALLBACK_LANGUAGE})
         texts, translated = await self._render_all(spec, fields, free_text, used_languages)

@@ -82,7 +82,8 @@ def test_an_alert_is_previewed_in_every_readers_language_sent_once_and_reported(
     assert compose.status_code == 200 and 'name="field_area"' in compose.text and 'name="field_time"' in compose.text
     assert "宮古市" in compose.text  # the areas users gave are suggested
 
-    preview = post(client, "/console/alerts/preview", {**EARTHQUAKE, "areas": "宮古市"})
+    assert 'name="area" value="宮古市" checked' not in compose.text and "宮古市（3）" in compose.text
+    preview = post(client, "/console/alerts/preview", {**EARTHQUAKE, "areas": "Miyako"})  # as users write it
     assert preview.status_code == 200
     assert '<dd id="audience-total"><strong>3人</strong>' in preview.text
     shown = dict(re.findall(r'data-language="([^"]+)">.*?<pre>(.*?)</pre>', preview.text, re.S))
@@ -186,6 +187,7 @@ def test_disaster_mode_switch_shows_a_banner_and_is_audited(client: TestClient, 
       "field_map_url": "javascript:alert(1)"}, "地図のURLは https:// で始めてください。"),
     ({**EARTHQUAKE, "language": "fr"}, "言語 fr はありません。"),
     ({**EARTHQUAKE, "field_area": "x" * 301}, "地域 は300文字以内で入力してください。"),
+    ({**EARTHQUAKE, "areas": "Miyako, Tokyo"}, "地域「Tokyo」は市町村の一覧にありません。"),
     ({**EARTHQUAKE, "state": "on"}, None),
 ])
 def test_bad_alert_input_gets_a_reason_and_sends_nothing(

@@ -88,14 +88,22 @@ class AlertPages:
             raise self._problem(400, f"テンプレート「{name}」はありません。")
         return spec
 
-    def known_areas(self) -> list[str]:
-        """Areas users gave, most users first (the area field's suggestions)."""
+    def known_areas(self) -> dict[str, int]:
+        """How many users gave each area (the targeting choices show it)."""
         with self.sessions() as session:
             rows = session.execute(
                 select(User.area, func.count()).where(User.area.is_not(None), User.area != "")
-                .group_by(User.area).order_by(func.count().desc(), User.area).limit(200)
+                .group_by(User.area).order_by(func.count().desc(), User.area).limit(500)
             ).all()
-        return [str(area) for area, _ in rows]
+        return {str(area): int(count) for area, count in rows}
+
+    def area_choices(self) -> list[tuple[str, str, int]]:
+        """``(name, reading or romaji, users)`` per municipality of the region, else per area users gave."""
+        counts = self.known_areas()
+        listed = self.service.areas.municipalities
+        if listed:
+            return [(m.name, m.romaji, counts.get(m.name, 0)) for m in listed]
+        return [(area, "", count) for area, count in counts.items()]
 
     def read_form(self, values: Mapping[str, str], many: Mapping[str, Sequence[str]]) -> AlertForm:
         """The alert form from a request; a bad value is a 400 with the reason in Japanese."""
@@ -117,18 +125,23 @@ class AlertPages:
         unusable = [p for p in platforms if p not in self.service.senders]
         if unusable:
             raise self._problem(400, f"{', '.join(unusable)} は設定されていないため送信できません。")
-        return AlertForm(spec.name, fields, values.get("free_text", "").strip(),
-                         split_areas(values.get("areas", "")), languages, platforms)
+        typed = split_areas(values.get("areas", "")) + [a for a in many.get("area", ()) if a.strip()]
+        try:
+            areas = self.service.municipalities(typed)
+        except AlertError:
+            unknown = [area for area in typed if not self.service.areas.find(area)]
+            raise self._problem(400, f"地域「{'、'.join(unknown)}」は市町村の一覧にありません。") from None
+        return AlertForm(spec.name, fields, values.get("free_text", "").strip(), areas, languages, platforms)
 
     def _multi(self, request: Request) -> dict[str, list[str]]:
-        return {key: request.query_params.getlist(key) for key in ("language", "platform")}
+        return {key: request.query_params.getlist(key) for key in ("language", "platform", "area")}
 
     async def _posted_form(self, request: Request) -> tuple[Any, AlertForm]:
         visit, values = await self.console.posted(request)
         if not self.service.senders:
             raise self._problem(400, "LINE も Telegram も設定されていないため、一斉送信はできません。")
         form = await request.form()
-        many = {key: [v for v in form.getlist(key) if isinstance(v, str)] for key in ("language", "platform")}
+        many = {key: [v for v in form.getlist(key) if isinstance(v, str)] for key in ("language", "platform", "area")}
         return visit, self.read_form(values, many)
 
     def audience(self, form: AlertForm) -> dict[str, Any]:
@@ -166,11 +179,11 @@ class AlertPages:
         params = request.query_params
         spec = self._spec(params.get("template", ""))
         form = AlertForm(spec.name, {name: params.get(f"field_{name}", "") for name in spec.fields},
-                         params.get("free_text", ""), split_areas(params.get("areas", "")),
+                         params.get("free_text", ""), split_areas(params.get("areas", "")) + params.getlist("area"),
                          params.getlist("language"), params.getlist("platform"))
         return self.console.page(
             visit, "alert_new.html", nav="alerts", spec=spec, form=form,
-            labels=FIELD_LABELS, hints=FIELD_HINTS, known_areas=self.known_areas(), languages=self.language_labels,
+            labels=FIELD_LABELS, hints=FIELD_HINTS, area_choices=self.area_choices(), languages=self.language_labels,
             platforms={p: PLATFORMS.get(p, p) for p in self.service.senders}, quota=await self._quota(),
         )
 

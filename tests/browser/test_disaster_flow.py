@@ -44,7 +44,7 @@ def test_checkin_alert_sent_followed_live_and_answers_counted(
 
     page.get_by_role("link", name="安否確認 安否確認ボタン付き").click()
     page.get_by_label("地域（必須）").fill("宮古市沿岸部")
-    page.locator("#areas").fill("宮古市")
+    page.get_by_label("宮古市（2）").check()
     page.get_by_role("button", name="文面と送信先を確認").click()
     expect(page.locator("#audience-total")).to_have_text("2人（LINE 2人）")
     expect(page.locator("article[data-language]")).to_have_count(2)
