@@ -98,7 +98,7 @@ class AlertPages:
         return {str(area): int(count) for area, count in rows}
 
     def area_choices(self) -> list[tuple[str, str, int]]:
-        """``(name, reading or romaji, users)`` per municipality of the region, else per area users gave."""
+        """``(name, romaji, users)`` per municipality of the region, else per area users gave."""
         counts = self.known_areas()
         listed = self.service.areas.municipalities
         if listed:
@@ -132,9 +132,6 @@ class AlertPages:
             unknown = [area for area in typed if not self.service.areas.find(area)]
             raise self._problem(400, f"地域「{'、'.join(unknown)}」は市町村の一覧にありません。") from None
         return AlertForm(spec.name, fields, values.get("free_text", "").strip(), areas, languages, platforms)
-
-    def _multi(self, request: Request) -> dict[str, list[str]]:
-        return {key: request.query_params.getlist(key) for key in ("language", "platform", "area")}
 
     async def _posted_form(self, request: Request) -> tuple[Any, AlertForm]:
         visit, values = await self.console.posted(request)
