@@ -166,10 +166,10 @@ def test_alert_areas_are_resolved_like_users_write_them_and_unknown_ones_refused
     morioka = world.user("line", "Umorioka", "en", "盛岡市")
     world.user("line", "Umiyako", "en", "宮古市")
     service = world.service(world.senders())
-    assert service._municipalities(["Morioka", "盛岡", " "]) == ["盛岡市"]
+    assert service.municipalities(["Morioka", "盛岡", " "]) == ["盛岡市"]
     with pytest.raises(AlertError, match=r"unknown area Tokio; an area is a municipality of region\.yml, e\.g\. 盛岡"):
         asyncio.run(service.create_alert("checkin", {"area": "盛岡市"}, areas=["Tokio"]))
-    assert [r.user_id for r in service.recipients(areas=service._municipalities(["morioka-shi"]))] == [morioka]
+    assert [r.user_id for r in service.recipients(areas=service.municipalities(["morioka-shi"]))] == [morioka]
 
 
 # ---------------------------------------------------------------------------- the list and its check
