@@ -172,3 +172,27 @@ def test_a_crash_half_way_leaves_nothing_in_processing_and_no_500(
         assert message.attempts == 3 and message.text == "🙂", "kept, tried three times, then left for staff"
         assistant.limiter = None
         assert texts(Chat(client, "crash").say("🙂")) == [kb.message("empty_prompt", "en")]
+
+
+def test_a_webhook_that_meets_a_database_outage_gets_503_and_is_taken_when_sent_again(
+    rest: TestClient, kb: KnowledgeBase, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not a 500 with a traceback: 503 with Retry-After, nothing stored; the platform's retry is answered."""
+    from sqlalchemy.exc import OperationalError
+
+    assistant = rest.app.state.assistant  # type: ignore[attr-defined]
+    store = assistant.store_inbound
+
+    def database_away(*_: Any, **__: Any) -> Any:
+        raise OperationalError("SELECT 1", {}, ConnectionRefusedError("connection refused"))
+
+    monkeypatch.setattr(assistant, "store_inbound", database_away)
+    refused = rest.post("/webhooks/rest/webhook", json={"sender": "outage", "message": "hello"})
+    assert refused.status_code == 503
+    assert refused.headers["retry-after"] == "2"
+    assert refused.json() == {"error": "the database is unavailable; nothing was stored, please send again shortly"}
+    assert inbound(rest) == []
+    monkeypatch.setattr(assistant, "store_inbound", store)
+    again = rest.post("/webhooks/rest/webhook", json={"sender": "outage", "message": "hello"})
+    assert again.status_code == 200
+    assert [m.text for m in inbound(rest)] == ["hello"]

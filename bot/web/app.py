@@ -12,6 +12,7 @@ from typing import Protocol
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
+from sqlalchemy.exc import InterfaceError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from bot.broadcast import BroadcastService, BroadcastWorker, FreeTextTranslator
@@ -175,6 +176,15 @@ def create_app(
     async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
         reasons = "; ".join(f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}" for e in exc.errors())
         return JSONResponse({"error": reasons or "invalid request"}, status_code=400)
+
+    async def storage_unavailable(request: Request, exc: Exception) -> JSONResponse:
+        """The database is away (a restart, a failover): nothing was taken, so the platform sends again."""
+        log.error("database unavailable during %s %s: %s", request.method, request.url.path, type(exc).__name__)
+        return JSONResponse({"error": "the database is unavailable; nothing was stored, please send again shortly"},
+                            status_code=503, headers={"Retry-After": "2"})
+
+    app.add_exception_handler(OperationalError, storage_unavailable)
+    app.add_exception_handler(InterfaceError, storage_unavailable)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
