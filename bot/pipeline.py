@@ -89,8 +89,13 @@ class Assistant:
         clock: Any = utcnow,
         limiter: RateLimiter | None = None,
         claim_lease: float = 60.0,
+        max_in_flight: int = 16,
     ) -> None:
         self.kb = kb
+        self.max_in_flight = max(1, max_in_flight)
+        """Messages answered at once by this worker; beyond it a webhook's message waits for the background
+        loop, so that storing and acknowledging new webhooks stays fast under a burst."""
+        self._in_flight = 0
         self.sessions = sessions
         self.engine = engine
         self.safety = safety
@@ -240,9 +245,18 @@ class Assistant:
     async def respond(self, message_id: int) -> list[Reply]:
         """Answer one stored message and deliver the answer through its platform's connector.
 
-        What a webhook runs after it has stored the event and answered the platform.
+        What a webhook runs after it has stored the event and answered the platform. When this
+        worker already answers :attr:`max_in_flight` messages, the message stays ``received`` and
+        the background loop (:meth:`retry_waiting`) answers it a moment later, in order.
         """
-        return await self.process(message_id, deliver=True)
+        if self._in_flight >= self.max_in_flight:
+            log.info("busy: message=%s left for the background loop", message_id)
+            return []
+        self._in_flight += 1
+        try:
+            return await self.process(message_id, deliver=True)
+        finally:
+            self._in_flight -= 1
 
     async def process(self, message_id: int, deliver: bool = False) -> list[Reply]:
         """Answer one stored inbound message (and any older one of its conversation still waiting)."""
@@ -1082,18 +1096,32 @@ class Assistant:
                 .order_by(Message.id)
                 .limit(limit)
             ).all()
-        answered = 0
-        blocked: set[int] = set()
+        by_conversation: dict[int, list[int]] = {}
         for message_id, conversation_id in rows:
-            if conversation_id in blocked:
-                continue
-            await self._process_one(message_id, deliver=True)
-            if self._still_waiting(message_id):
-                blocked.add(conversation_id)
-                if not await self.engine.ready():
-                    break
-            else:
+            by_conversation.setdefault(conversation_id, []).append(message_id)
+        answered = 0
+        engine_down = False
+        slots = asyncio.Semaphore(self.max_in_flight)
+
+        async def one_conversation(message_ids: list[int]) -> None:
+            """Its messages in order; conversations side by side, at most ``max_in_flight`` at a time."""
+            nonlocal answered, engine_down
+            for message_id in message_ids:
+                if engine_down:
+                    return
+                async with slots:
+                    self._in_flight += 1
+                    try:
+                        await self._process_one(message_id, deliver=True)
+                    finally:
+                        self._in_flight -= 1
+                if self._still_waiting(message_id):
+                    if not await self.engine.ready():
+                        engine_down = True
+                    return
                 answered += 1
+
+        await asyncio.gather(*(one_conversation(ids) for ids in by_conversation.values()))
         return answered
 
     def outbound_since(

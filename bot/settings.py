@@ -27,6 +27,8 @@ class Settings(BaseSettings):
     """Where ``python -m bot engine`` listens: loopback, or a private address when app workers run elsewhere."""
     claim_lease_seconds: float = 60.0
     """A message or delivery claimed longer ago than this by a worker that did not finish is taken over."""
+    max_in_flight: int = 16
+    """Messages one app worker answers at once; beyond it new ones wait for the background loop (webhooks stay fast)."""
     host: str = "127.0.0.1"
     port: int = 8000
     retry_interval: float = 2.0

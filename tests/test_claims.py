@@ -260,3 +260,34 @@ def test_a_worker_that_loses_a_delivery_claim_leaves_the_winners_claim_alone(
             assert session.scalar(select(Message.status).where(Message.id == reply)) == "delivering"
 
     run_workers(scenario)
+
+
+def test_a_busy_worker_leaves_new_messages_to_the_background_loop_and_answers_them_in_order(
+    run_workers: Callable[[Scenario], None], slow_engine: ScriptedEngine, fake_line: FakeLine, kb: KnowledgeBase
+) -> None:
+    """Beyond ``max_in_flight`` a webhook's message is not answered on the spot (the event loop stays
+    free to store and acknowledge webhooks); the background loop answers it, once, in order."""
+
+    async def scenario(busy: Assistant, _: Assistant) -> None:
+        slow_engine.delay = 1.0
+        busy.max_in_flight = 1
+        first_user, second_user = f"U{uuid.uuid4().hex}", f"U{uuid.uuid4().hex}"
+        first, _ = busy.store_inbound(inbound(first_user))
+        answering = asyncio.create_task(busy.respond(first))
+        while not slow_engine.asked:
+            await asyncio.sleep(0.01)
+        second, _ = busy.store_inbound(inbound(second_user, "hello"))
+        third, _ = busy.store_inbound(inbound(second_user, "good morning"))
+        assert await busy.respond(second) == [] and await busy.respond(third) == []  # at once: left for the loop
+        assert statuses(busy)[second] == "received" and statuses(busy)[third] == "received"
+        assert await answering
+        await asyncio.sleep(1.1)  # the loop takes messages received over a second ago
+        assert await busy.retry_waiting() == 2
+        assert statuses(busy) == {first: "answered", second: "answered", third: "answered"}
+        assert [m["text"] for m in fake_line.delivered(second_user)] == [kb.message("greet_reply", "en")] * 2
+        with busy.sessions() as session:
+            order = session.scalars(select(Message.in_reply_to).where(Message.in_reply_to.in_((second, third)))
+                                    .order_by(Message.id)).all()
+        assert order == [second, third]
+
+    run_workers(scenario)

@@ -92,6 +92,7 @@ def build_assistant(settings: Settings, connectors: Mapping[str, Connector] | No
         engine_message_chars=settings.engine_message_chars,
         limiter=rate_limiter(settings),
         claim_lease=settings.claim_lease_seconds,
+        max_in_flight=settings.max_in_flight,
     )
 
 
