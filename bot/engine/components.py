@@ -154,20 +154,25 @@ class E5Featurizer(DenseFeaturizer, GraphComponent):
         pass
 
     def _vectors(self, texts: List[str], cached: bool) -> np.ndarray:
-        """The e5 query vector of each text; with ``cached``, through the disk cache."""
+        """The e5 query vector of each text; with ``cached``, through the disk cache.
+
+        Each distinct text is embedded once (training repeats texts: every FAQ example carries
+        its entry's response too).
+        """
         engine = _engine(int(self._config["threads"]))
         cache = _cache(self._config.get("cache"), engine.dim) if cached else None
         known = cache.get_many(texts) if cache else [None] * len(texts)
-        missing = [i for i, vector in enumerate(known) if vector is None]
+        missing = list(dict.fromkeys(text for text, vector in zip(texts, known, strict=True) if vector is None))
+        found: Dict[str, np.ndarray] = {}
         size = int(self._config["batch_size"])
         for start in range(0, len(missing), size):
             batch = missing[start : start + size]
-            vectors = np.atleast_2d(np.asarray(engine.query([texts[i] for i in batch]), dtype=np.float32))
-            for i, vector in zip(batch, vectors, strict=False):
-                known[i] = vector
+            vectors = np.atleast_2d(np.asarray(engine.query(batch), dtype=np.float32))
+            found.update(zip(batch, vectors, strict=True))
             if cache:
-                cache.put_many((texts[i], known[i]) for i in batch)
-        return np.vstack(known) if texts else np.zeros((0, engine.dim), dtype=np.float32)
+                cache.put_many(zip(batch, vectors, strict=True))
+        rows = [vector if vector is not None else found[text] for text, vector in zip(texts, known, strict=True)]
+        return np.vstack(rows) if rows else np.zeros((0, engine.dim), dtype=np.float32)
 
     def _featurize(self, messages: List[Message], cached: bool) -> List[Message]:
         work = [
@@ -202,28 +207,69 @@ def _log_softmax(scores: np.ndarray) -> np.ndarray:
     return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
 
 
-def fit_joint(texts: List[str], vectors: np.ndarray, labels: List[str], config: Dict[str, Any]) -> Any:
-    """Train the two models of ``JointClassifier`` on texts, their e5 vectors and labels."""
+def fit_lexical(texts: List[str], labels: List[str], config: Dict[str, Any]) -> Any:
+    """The n-gram TF-IDF vectorizer and the linear SVM over it."""
     from sklearn.feature_extraction.text import TfidfVectorizer
-    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import FeatureUnion
     from sklearn.svm import LinearSVC
 
-    vectorizer = TfidfVectorizer(
+    vectorizer: Any = TfidfVectorizer(
         analyzer="char_wb", ngram_range=(1, int(config["ngram_max"])), preprocessor=_fold, sublinear_tf=True
     )
-    lexical = LinearSVC(C=float(config["lexical_C"])).fit(vectorizer.fit_transform(texts), labels)
-    dense = LogisticRegression(C=float(config["dense_C"]), max_iter=500).fit(vectors, labels)
-    if list(dense.classes_) != list(lexical.classes_):
-        raise ValueError("the two models disagree on the labels")
-    return (vectorizer, lexical, dense)
+    if int(config.get("word_ngram_max") or 0):
+        words = TfidfVectorizer(
+            analyzer="word", ngram_range=(1, int(config["word_ngram_max"])), preprocessor=_fold,
+            token_pattern=r"(?u)\b\w+\b", sublinear_tf=True,
+        )
+        vectorizer = FeatureUnion([("chars", vectorizer), ("words", words)])
+    features = vectorizer.fit_transform(texts)
+    lexical = LinearSVC(C=float(config["lexical_C"])).fit(features, labels)
+    return vectorizer, lexical
+
+
+def fit_dense(vectors: np.ndarray, labels: List[str], config: Dict[str, Any]) -> Any:
+    """The logistic regression on the e5 vectors."""
+    from sklearn.linear_model import LogisticRegression
+
+    return LogisticRegression(C=float(config["dense_C"]), max_iter=500).fit(vectors, labels)
+
+
+def fit_neighbours(vectors: np.ndarray, labels: List[str]) -> Any:
+    """The training vectors grouped by label (labels sorted), and where each label's group starts."""
+    names = np.asarray(labels)
+    order = np.argsort(names, kind="stable")
+    grouped = names[order]
+    starts = np.flatnonzero(np.r_[True, grouped[1:] != grouped[:-1]])
+    return np.ascontiguousarray(vectors[order], dtype=np.float32), starts
+
+
+def fit_joint(texts: List[str], vectors: np.ndarray, labels: List[str], config: Dict[str, Any]) -> Any:
+    """Train the models of ``JointClassifier`` on texts, their e5 vectors and labels."""
+    vectorizer, lexical = fit_lexical(texts, labels, config)
+    dense = fit_dense(vectors, labels, config)
+    neighbours, starts = fit_neighbours(vectors, labels)
+    grouped = sorted(labels)
+    if list(dense.classes_) != list(lexical.classes_) or [grouped[i] for i in starts] != list(dense.classes_):
+        raise ValueError("the models disagree on the labels")
+    return (vectorizer, lexical, dense, (neighbours, starts))
 
 
 def joint_probabilities(model: Any, texts: List[str], vectors: np.ndarray, config: Dict[str, Any]) -> np.ndarray:
-    """Every label's fused probability (columns in ``joint_labels`` order), one row per text."""
-    vectorizer, lexical, dense = model
+    """Every label's fused probability (columns in ``joint_labels`` order), one row per text.
+
+    The logistic regression and the SVM are mixed at ``dense_weight``; that mix is then mixed
+    at ``knn_weight`` with the nearest training question of each label (cosine similarity times
+    ``knn_scale``, as a softmax).
+    """
+    vectorizer, lexical, dense = model[:3]
     weight = float(config["dense_weight"])
     lexical_log = _log_softmax(float(config["temperature"]) * lexical.decision_function(vectorizer.transform(texts)))
     fused = weight * dense.predict_log_proba(vectors) + (1 - weight) * lexical_log
+    knn_weight = float(config.get("knn_weight") or 0.0)
+    if knn_weight and len(model) > 3:
+        neighbours, starts = model[3]
+        nearest = np.maximum.reduceat(np.asarray(vectors, dtype=np.float32) @ neighbours.T, starts, axis=1)
+        fused = (1 - knn_weight) * _log_softmax(fused) + knn_weight * _log_softmax(float(config["knn_scale"]) * nearest)
     probabilities = np.exp(fused - fused.max(axis=1, keepdims=True))
     return probabilities / probabilities.sum(axis=1, keepdims=True)
 
@@ -240,9 +286,13 @@ class JointClassifier(GraphComponent):
 
     Two linear models are trained on the same examples and fused in log space: a logistic
     regression on the e5 sentence vector (the meaning, across languages) and a linear SVM on
-    character 1-4-gram TF-IDF of the text (the exact official terms, romaji, kana-only easy
-    Japanese that the 4-bit e5-small vector blurs), its scores turned into probabilities by a
-    softmax at ``temperature``. Inside DIET, sparse n-grams drown the e5 vector
+    character 1-4-gram TF-IDF of the text, plus word 1-2-grams with ``word_ngram_max`` 2 (the
+    exact official terms, romaji, kana-only easy Japanese that the 4-bit e5-small vector
+    blurs), its scores turned into probabilities by a softmax at ``temperature``. With
+    ``knn_weight``, that mix is fused again with each label's nearest training question by
+    cosine similarity of the e5 vectors (a softmax at ``knn_scale``): one close paraphrase
+    counts even where the label's other questions pull the regression elsewhere. The model
+    keeps the training vectors for it (384 floats per question). Inside DIET, sparse n-grams drown the e5 vector
     (research/rasa.md); beside it they help. Every label is its own class, so the ~16,000 FAQ
     questions no longer outweigh the ~180 of each conversational intent, as they did as one
     ``faq`` class in DIET. Measured on held-out questions: bench/RESULTS.md.
@@ -261,6 +311,9 @@ class JointClassifier(GraphComponent):
             "ngram_max": 4,
             "temperature": 5.0,
             "dense_weight": 0.5,
+            "knn_weight": 0.0,
+            "knn_scale": 30.0,
+            "word_ngram_max": 0,
             "ranking_length": 10,
         }
 
