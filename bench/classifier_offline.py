@@ -117,6 +117,7 @@ def evaluate(texts: list[str], train_vectors: np.ndarray, labels: list[str], hel
     if "neighbours" not in _FITTED:
         _FITTED["neighbours"] = fit_neighbours(train_vectors, labels)
     model = (*_FITTED[lexical_key], _FITTED[dense_key], _FITTED["neighbours"])
+    print(f"n-gram features: {model[1].coef_.shape[1]}")
     names = joint_labels(model)
     probabilities = joint_probabilities(model, questions, test_vectors, config)
     predicted = [names[i] for i in probabilities.argmax(axis=1)]

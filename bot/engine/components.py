@@ -286,7 +286,7 @@ class JointClassifier(GraphComponent):
 
     Two linear models are trained on the same examples and fused in log space: a logistic
     regression on the e5 sentence vector (the meaning, across languages) and a linear SVM on
-    character 1-4-gram TF-IDF of the text, plus word 1-2-grams with ``word_ngram_max`` 2 (the
+    character 1-4-gram TF-IDF of the text, plus its words with ``word_ngram_max`` 1 (the
     exact official terms, romaji, kana-only easy Japanese that the 4-bit e5-small vector
     blurs), its scores turned into probabilities by a softmax at ``temperature``. With
     ``knn_weight``, that mix is fused again with each label's nearest training question by
