@@ -115,8 +115,9 @@ async def _retry_loop(assistant: Assistant, helpdesk: HelpDesk, settings: Settin
     purged_at = -float("inf")
     loop = asyncio.get_running_loop()
     while True:
+        answered = 0
         try:
-            await assistant.retry_waiting()
+            answered = await assistant.retry_waiting()
             await assistant.retry_deliveries()
             await helpdesk.translate_pending()
             if settings.retention_days > 0 and loop.time() - purged_at >= settings.retention_check_seconds:
@@ -126,7 +127,7 @@ async def _retry_loop(assistant: Assistant, helpdesk: HelpDesk, settings: Settin
                     session.commit()
         except Exception:  # the worker must outlive any one failure
             log.exception("retry worker round failed")
-        await asyncio.sleep(settings.retry_interval)
+        await asyncio.sleep(0 if answered else settings.retry_interval)  # a backlog (a burst) is worked through at once
 
 
 def create_app(
