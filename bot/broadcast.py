@@ -58,6 +58,14 @@ class AlertError(Exception):
     """The alert cannot be made as asked; the message says why (shown to staff)."""
 
 
+class UnknownAreas(AlertError):
+    """Target areas that are no municipality of the region (``areas``, as given)."""
+
+    def __init__(self, reason: str, areas: list[str]) -> None:
+        super().__init__(reason)
+        self.areas = areas
+
+
 class AlertRefused(AlertError):
     """The alert was stored but refused (e.g. LINE's monthly quota); ``broadcast_id`` has the reason."""
 
@@ -310,8 +318,8 @@ class BroadcastService:
             elif municipality.name not in names:
                 names.append(municipality.name)
         if unknown:
-            raise AlertError(f"unknown area {', '.join(unknown)}; an area is a municipality of region.yml, "
-                             f"e.g. {self.areas.municipalities[0].name}")
+            raise UnknownAreas(f"unknown area {', '.join(unknown)}; an area is a municipality of region.yml, "
+                               f"e.g. {self.areas.municipalities[0].name}", unknown)
         return names
 
     # ------------------------------------------------------------ quota

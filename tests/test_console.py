@@ -41,11 +41,12 @@ def log_in(client: TestClient, login: str, password: str = PASSWORD) -> Any:
                        follow_redirects=False)
 
 
-def console_routes(client: TestClient) -> Iterator[tuple[str, str]]:
+def console_routes(client: TestClient, ids: dict[str, str] | None = None) -> Iterator[tuple[str, str]]:
+    """Every console and API route as ``(method, path)``, a path parameter filled from ``ids`` (else "1")."""
     for route in iter_route_contexts(client.app.routes):  # type: ignore[attr-defined]
         if isinstance(route.original_route, APIRoute) and (route.path or "").startswith(("/console", "/api/")):
             for method in sorted(route.methods or ()):
-                yield method, re.sub(r"\{[^}]+\}", "1", route.path or "")
+                yield method, re.sub(r"\{([^}]+)\}", lambda m: (ids or {}).get(m.group(1), "1"), route.path or "")
 
 
 @pytest.fixture

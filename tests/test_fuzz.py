@@ -271,18 +271,13 @@ console_form = st.lists(st.tuples(st.sampled_from(CONSOLE_FIELDS) | text, form_v
 
 def _console_paths(client: TestClient, ids: dict[str, str]) -> tuple[list[str], list[str]]:
     """Every console GET and POST path, ``{…}`` filled with an existing id or a random-looking one."""
-    from fastapi.routing import APIRoute, iter_route_contexts
+    from tests.test_console import console_routes
 
     gets, posts = [], []
-    for route in iter_route_contexts(client.app.routes):  # type: ignore[attr-defined]
-        path = route.path or ""
-        if not isinstance(route.original_route, APIRoute) or not path.startswith("/console"):
-            continue
-        if path in ("/console/login", "/console/logout"):
+    for method, path in console_routes(client, ids):
+        if not path.startswith("/console") or path in ("/console/login", "/console/logout"):
             continue  # signing out would end the fuzzing session
-        for name, value in ids.items():
-            path = path.replace("{" + name + "}", value)
-        (posts if "POST" in (route.methods or ()) else gets).append(path)
+        (posts if method == "POST" else gets).append(path)
     return gets, posts
 
 

@@ -20,7 +20,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from sqlalchemy import func, select
 
 from bot.alerts import AlertTemplate
-from bot.broadcast import DISASTER_MODE, AlertError, AlertRefused, BroadcastService, set_disaster_mode
+from bot.broadcast import DISASTER_MODE, AlertError, AlertRefused, BroadcastService, UnknownAreas, set_disaster_mode
 from bot.checkin import checkin_counts
 from bot.db.models import Broadcast, Switch, User
 from bot.languages import LANGUAGES
@@ -78,14 +78,10 @@ class AlertPages:
 
     # ------------------------------------------------------------------ helpers
 
-    @staticmethod
-    def _problem(status: int, reason: str) -> ConsoleProblem:
-        return ConsoleProblem(status, reason)
-
     def _spec(self, name: str) -> AlertTemplate:
         spec = self.service.alert_templates.get(name)
         if spec is None:
-            raise self._problem(400, f"テンプレート「{name}」はありません。")
+            raise ConsoleProblem(400, f"テンプレート「{name}」はありません。")
         return spec
 
     def known_areas(self) -> dict[str, int]:
@@ -111,32 +107,31 @@ class AlertPages:
         fields = {name: values.get(f"field_{name}", "").strip() for name in spec.fields}
         missing = [FIELD_LABELS.get(name, name) for name, value in fields.items() if not value]
         if missing:
-            raise self._problem(400, f"入力してください: {'、'.join(missing)}")
+            raise ConsoleProblem(400, f"入力してください: {'、'.join(missing)}")
         too_long = [FIELD_LABELS.get(name, name) for name, value in fields.items() if len(value) > MAX_FIELD]
         if too_long:
-            raise self._problem(400, f"{'、'.join(too_long)} は{MAX_FIELD}文字以内で入力してください。")
+            raise ConsoleProblem(400, f"{'、'.join(too_long)} は{MAX_FIELD}文字以内で入力してください。")
         if "map_url" in fields and not fields["map_url"].startswith(("https://", "http://")):
-            raise self._problem(400, "地図のURLは https:// で始めてください。")
+            raise ConsoleProblem(400, "地図のURLは https:// で始めてください。")
         languages = list(dict.fromkeys(many.get("language", ())))
         unknown = [code for code in languages if code not in LANGUAGES]
         if unknown:
-            raise self._problem(400, f"言語 {', '.join(unknown)} はありません。")
+            raise ConsoleProblem(400, f"言語 {', '.join(unknown)} はありません。")
         platforms = list(dict.fromkeys(many.get("platform", ())))
         unusable = [p for p in platforms if p not in self.service.senders]
         if unusable:
-            raise self._problem(400, f"{', '.join(unusable)} は設定されていないため送信できません。")
+            raise ConsoleProblem(400, f"{', '.join(unusable)} は設定されていないため送信できません。")
         typed = split_areas(values.get("areas", "")) + [a for a in many.get("area", ()) if a.strip()]
         try:
             areas = self.service.municipalities(typed)
-        except AlertError:
-            unknown = [area for area in typed if not self.service.areas.find(area)]
-            raise self._problem(400, f"地域「{'、'.join(unknown)}」は市町村の一覧にありません。") from None
+        except UnknownAreas as exc:
+            raise ConsoleProblem(400, f"地域「{'、'.join(exc.areas)}」は市町村の一覧にありません。") from None
         return AlertForm(spec.name, fields, values.get("free_text", "").strip(), areas, languages, platforms)
 
     async def _posted_form(self, request: Request) -> tuple[Any, AlertForm]:
         visit, values = await self.console.posted(request)
         if not self.service.senders:
-            raise self._problem(400, "LINE も Telegram も設定されていないため、一斉送信はできません。")
+            raise ConsoleProblem(400, "LINE も Telegram も設定されていないため、一斉送信はできません。")
         form = await request.form()
         many = {key: [v for v in form.getlist(key) if isinstance(v, str)] for key in ("language", "platform", "area")}
         return visit, self.read_form(values, many)
@@ -191,7 +186,7 @@ class AlertPages:
         try:
             texts = await self.service.preview(form.template, form.fields, form.free_text, shown)
         except AlertError as exc:
-            raise self._problem(400, str(exc)) from None
+            raise ConsoleProblem(400, str(exc)) from None
         return self.console.page(
             visit, "alert_preview.html", nav="alerts", form=form, spec=self._spec(form.template),
             texts=texts, audience=audience, languages=self.language_labels, labels=FIELD_LABELS,
@@ -212,7 +207,7 @@ class AlertPages:
             return self.console.redirect(visit, f"/console/alerts/{exc.broadcast_id}",
                                          f"送信しませんでした（LINE の今月の送信可能数が足りません）: {exc}")
         except AlertError as exc:
-            raise self._problem(400, str(exc)) from None
+            raise ConsoleProblem(400, str(exc)) from None
         self.console.record(visit.staff, "alert_sent", ("broadcast", alert_id),
                             {"template": form.template, "areas": form.areas, "languages": form.languages,
                              "platforms": form.platforms})
@@ -222,7 +217,7 @@ class AlertPages:
         try:
             progress = self.service.report(alert_id)
         except AlertError:
-            raise self._problem(404, f"お知らせ {alert_id} はありません。") from None
+            raise ConsoleProblem(404, f"お知らせ {alert_id} はありません。") from None
         totals = progress["totals"]
         total = sum(totals.values())
         finished = total - totals.get("queued", 0)
@@ -263,7 +258,7 @@ class AlertPages:
         assert visit.staff is not None
         state = values.get("state", "")
         if state not in ("on", "off"):
-            raise self._problem(400, "state は on か off です。")
+            raise ConsoleProblem(400, "state は on か off です。")
         await asyncio.to_thread(set_disaster_mode, self.sessions, state == "on", visit.staff.login)
         self.console.record(visit.staff, "disaster_mode_on" if state == "on" else "disaster_mode_off")
         note = ("災害モードを開始しました。利用者への案内が災害時の内容に変わります。" if state == "on"
