@@ -8,13 +8,14 @@ in order, through the connector it came from.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import datetime as dt
 import json
 import logging
 import re
 import unicodedata
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -252,9 +253,15 @@ class Assistant:
         if self._in_flight >= self.max_in_flight:
             log.info("busy: message=%s left for the background loop", message_id)
             return []
+        with self._answering():
+            return await self.process(message_id, deliver=True)
+
+    @contextlib.contextmanager
+    def _answering(self) -> Iterator[None]:
+        """Counts a message being answered (what :meth:`respond` compares with ``max_in_flight``)."""
         self._in_flight += 1
         try:
-            return await self.process(message_id, deliver=True)
+            yield
         finally:
             self._in_flight -= 1
 
@@ -1110,11 +1117,8 @@ class Assistant:
                 if engine_down:
                     return
                 async with slots:
-                    self._in_flight += 1
-                    try:
+                    with self._answering():
                         await self._process_one(message_id, deliver=True)
-                    finally:
-                        self._in_flight -= 1
                 if self._still_waiting(message_id):
                     if not await self.engine.ready():
                         engine_down = True
