@@ -121,8 +121,6 @@ class E5Featurizer(DenseFeaturizer, GraphComponent):
     repeated once per token (the shape DIET needs next to the tokenizer). Training reads and
     fills the disk cache at ``cache`` (a SQLite file, relative to the working directory; null
     for none), so retraining embeds only new questions; messages at run time are never cached.
-    A server embeds with ``threads``; ``rasa train`` (a process of its own, with nothing else to
-    do) with ``train_threads``.
     """
 
     @staticmethod
@@ -130,7 +128,6 @@ class E5Featurizer(DenseFeaturizer, GraphComponent):
         return {
             **DenseFeaturizer.get_default_config(),
             "threads": 1,
-            "train_threads": 2,
             "batch_size": 64,
             "cache": "build/e5-cache/vectors.sqlite3",
         }
@@ -162,7 +159,7 @@ class E5Featurizer(DenseFeaturizer, GraphComponent):
         Each distinct text is embedded once (training repeats texts: every FAQ example carries
         its entry's response too).
         """
-        engine = _engine(int(self._config["train_threads" if cached else "threads"]))
+        engine = _engine(int(self._config["threads"]))
         cache = _cache(self._config.get("cache"), engine.dim) if cached else None
         known = cache.get_many(texts) if cache else [None] * len(texts)
         missing = list(dict.fromkeys(text for text, vector in zip(texts, known, strict=True) if vector is None))
