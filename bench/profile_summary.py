@@ -37,15 +37,16 @@ def area(file: str) -> str:
     return "other"
 
 
-def summarise(path: Path) -> tuple[int, collections.Counter[str], collections.Counter[str], collections.Counter[str]]:
-    """Samples, then inclusive and self counts per function, and self counts per area."""
+def summarise(path: Path) -> tuple[float, collections.Counter[str], collections.Counter[str], collections.Counter[str]]:
+    """Seconds sampled (py-spy weighs each sample by its interval), then inclusive and self seconds per
+    function, and self seconds per area."""
     data: dict[str, Any] = json.loads(path.read_text())
     frames = data["shared"]["frames"]
     names = [f"{f['name']} ({Path(f.get('file') or '?').name}:{f.get('line', '?')})" for f in frames]
     inclusive: collections.Counter[str] = collections.Counter()
     own: collections.Counter[str] = collections.Counter()
     areas: collections.Counter[str] = collections.Counter()
-    total = 0
+    total = 0.0
     for profile in data["profiles"]:
         for stack, weight in zip(profile["samples"], profile["weights"], strict=True):
             if not stack:
@@ -55,8 +56,8 @@ def summarise(path: Path) -> tuple[int, collections.Counter[str], collections.Co
                 inclusive[name] += weight
             own[names[stack[-1]]] += weight
             # the innermost frame that is not the standard library or a C shim names the area
-            areas[next((area(frames[i].get("file") or "") for i in reversed(stack)
-                        if area(frames[i].get("file") or "") != "other"), "other")] += weight
+            known = (area(frames[i].get("file") or "") for i in reversed(stack))
+            areas[next((name for name in known if name != "other"), "other")] += weight
     return total, inclusive, own, areas
 
 
@@ -67,7 +68,7 @@ def main() -> int:
     args = parser.parse_args()
     for path in args.profiles:
         total, inclusive, own, areas = summarise(path)
-        print(f"\n### {path.parent.name}/{path.name}: {total} samples\n")
+        print(f"\n### {path.parent.name}/{path.name}: {total:.1f} s of running threads sampled\n")
         print("| area (innermost frame of a known library) | share |\n|---|---|")
         for name, count in areas.most_common():
             print(f"| {name} | {100 * count / total:.1f}% |")

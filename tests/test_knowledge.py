@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import re
+import unicodedata
 
 import pytest
+import yaml
 
 from bot.knowledge import KnowledgeBase, check
 from bot.languages import LANGUAGES
@@ -55,11 +57,8 @@ def test_every_entry_keeps_sources_and_a_check_date(kb: KnowledgeBase) -> None:
         assert entry.last_checked.year >= 2026
 
 
-
 def _folded(text: str) -> str:
     """A question as the classifier would see it, minus case, width, spaces and punctuation."""
-    import unicodedata
-
     return "".join(c for c in unicodedata.normalize("NFKC", text).lower() if c.isalnum())
 
 
@@ -68,21 +67,13 @@ def test_no_held_out_question_is_also_a_training_question(kb: KnowledgeBase) -> 
 
     (Short words such as "nah" or "bye bye" may appear in two languages' data.)
     """
-    from pathlib import Path
+    from bench.accuracy import PROJECT, load_heldout
 
-    import yaml
-
-    project = Path(__file__).resolve().parent.parent
     training = {(lang, _folded(q)) for entry in kb.entries.values() for lang, qs in entry.questions.items() for q in qs}
-    for path in (project / "nlu_data" / "core").glob("*.yml"):
+    for path in (PROJECT / "nlu_data" / "core").glob("*.yml"):
         for block in yaml.safe_load(path.read_text(encoding="utf-8"))["nlu"]:
             lines = block["examples"].splitlines()
             training |= {(path.stem, _folded(line[2:])) for line in lines if line.startswith("- ")}
-    held_out = []
-    for path in (project / "bench" / "heldout" / "faq").glob("*.yml"):
-        questions = yaml.safe_load(path.read_text(encoding="utf-8"))["questions"]
-        held_out += [(lang, q) for lang, qs in questions.items() for q in qs]
-    core = yaml.safe_load((project / "bench" / "heldout" / "core.yml").read_text(encoding="utf-8"))
-    held_out += [(lang, q) for by_language in core.values() for lang, qs in by_language.items() for q in qs]
+    held_out = [(lang, q) for lang, _, _, q in load_heldout(kb)]
     assert len(held_out) > 4000
     assert [(lang, q) for lang, q in held_out if (lang, _folded(q)) in training] == []
