@@ -88,7 +88,7 @@ def _every_core() -> contextlib.AbstractContextManager[Any]:
     """
     from threadpoolctl import threadpool_limits
 
-    return threadpool_limits(limits=os.cpu_count() or 1)
+    return threadpool_limits(limits=len(os.sched_getaffinity(0)))
 
 
 def _engine(threads: int) -> Any:
