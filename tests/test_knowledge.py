@@ -10,6 +10,7 @@ import yaml
 
 from bot.knowledge import KnowledgeBase, check
 from bot.languages import LANGUAGES
+from bot.settings import PROJECT
 
 
 def test_knowledge_base_passes_every_check(kb: KnowledgeBase) -> None:
@@ -67,7 +68,7 @@ def test_no_held_out_question_is_also_a_training_question(kb: KnowledgeBase) -> 
 
     (Short words such as "nah" or "bye bye" may appear in two languages' data.)
     """
-    from bench.accuracy import PROJECT, load_heldout
+    from bench.accuracy import load_heldout
 
     training = {(lang, _folded(q)) for entry in kb.entries.values() for lang, qs in entry.questions.items() for q in qs}
     for path in (PROJECT / "nlu_data" / "core").glob("*.yml"):
