@@ -97,6 +97,9 @@ class Assistant:
         """Messages answered at once by this worker; beyond it a webhook's message waits for the background
         loop, so that storing and acknowledging new webhooks stays fast under a burst."""
         self._in_flight = 0
+        self.stopping = False
+        """Set by a clean shutdown: a message whose answering is cancelled then is given back at once
+        (a worker killed outright leaves its claim to the lease)."""
         self.sessions = sessions
         self.engine = engine
         self.safety = safety
@@ -319,6 +322,17 @@ class Assistant:
             session.commit()
         log.error("processing message=%s failed (attempt %d); status %s", message_id, attempts, status)
 
+    def _give_back(self, message_id: int, claim: int) -> None:
+        """A clean shutdown stopped this answer: the next start answers the message at once, not after the lease."""
+        with self.sessions() as session:
+            session.execute(
+                update(Message).where(Message.id == message_id, Message.status == "processing",
+                                      Message.attempts == claim)
+                .values(status="received", attempts=Message.attempts - 1, claimed_at=None)
+            )
+            session.commit()
+        log.info("message=%s given back unanswered: the worker is stopping", message_id)
+
     def _still_waiting(self, message_id: int) -> bool:
         with self.sessions() as session:
             return session.scalar(select(Message.status).where(Message.id == message_id)) == "waiting_engine"
@@ -338,6 +352,11 @@ class Assistant:
             language_before = _menu_language(user, identity)
             try:
                 replies, engine_reply = await self._decide(session, message, conversation, identity, user)
+            except asyncio.CancelledError:
+                session.rollback()
+                if self.stopping:
+                    self._give_back(message_id, claim)
+                raise
             except Exception:
                 session.rollback()
                 self._release(message_id)

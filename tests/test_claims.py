@@ -134,6 +134,25 @@ def test_a_message_claimed_by_a_dead_worker_is_answered_by_the_other_after_the_l
     run_workers(scenario)
 
 
+def test_a_message_a_worker_was_answering_when_it_was_shut_down_is_given_back_not_left_to_the_lease(
+    run_workers: Callable[[Scenario], None], slow_engine: ScriptedEngine, fake_line: FakeLine, kb: KnowledgeBase
+) -> None:
+    async def scenario(stopping: Assistant, alive: Assistant) -> None:
+        user = f"U{uuid.uuid4().hex}"
+        message_id, _ = stopping.store_inbound(inbound(user))
+        stopping.stopping = True  # what the app's shutdown sets before it cancels its worker
+        await die_while_answering(stopping, message_id, slow_engine)
+        assert statuses(alive) == {message_id: "received"}
+        await asyncio.sleep(1.1)  # a "received" message is the background loop's after a second
+        assert await alive.retry_waiting() == 1
+        assert [m["text"] for m in fake_line.delivered(user)] == [kb.message("greet_reply", "en")]
+        with alive.sessions() as session:
+            row = session.get(Message, message_id)
+            assert row is not None and (row.status, row.attempts, row.takeovers) == ("answered", 1, 0)
+
+    run_workers(scenario)
+
+
 def test_a_worker_that_comes_back_after_losing_its_claim_does_not_answer_twice(
     run_workers: Callable[[Scenario], None], slow_engine: ScriptedEngine, fake_line: FakeLine, kb: KnowledgeBase
 ) -> None:

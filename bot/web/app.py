@@ -150,6 +150,7 @@ def create_app(
         try:
             yield
         finally:
+            assistant.stopping = True
             worker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await worker
