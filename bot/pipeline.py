@@ -324,13 +324,17 @@ class Assistant:
 
     def _give_back(self, message_id: int, claim: int) -> None:
         """A clean shutdown stopped this answer: the next start answers the message at once, not after the lease."""
-        with self.sessions() as session:
-            session.execute(
-                update(Message).where(Message.id == message_id, Message.status == "processing",
-                                      Message.attempts == claim)
-                .values(status="received", attempts=Message.attempts - 1, claimed_at=None)
-            )
-            session.commit()
+        try:
+            with self.sessions() as session:
+                session.execute(
+                    update(Message).where(Message.id == message_id, Message.status == "processing",
+                                          Message.attempts == claim)
+                    .values(status="received", attempts=Message.attempts - 1, claimed_at=None)
+                )
+                session.commit()
+        except (OperationalError, InterfaceError):
+            log.warning("message=%s stays claimed until its lease ends: the database is unavailable", message_id)
+            return
         log.info("message=%s given back unanswered: the worker is stopping", message_id)
 
     def _still_waiting(self, message_id: int) -> bool:
