@@ -23,14 +23,7 @@ PROJECT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT))
 
 from bench.classifier_offline import component_config, training_examples, vectors  # noqa: E402
-from bot.engine.components import (  # noqa: E402
-    _every_core,
-    fit_dense,
-    fit_lexical,
-    fit_neighbours,
-    joint_labels,
-    joint_probabilities,
-)
+from bot.engine.components import _every_core, fit_joint, joint_labels, joint_probabilities  # noqa: E402
 from bot.knowledge import KnowledgeBase  # noqa: E402
 
 
@@ -70,9 +63,7 @@ def main() -> int:
         train_texts = [texts[i] for i in train]
         train_labels = [labels[i] for i in train]
         with _every_core():
-            model = (*fit_lexical(train_texts, train_labels, config),
-                     fit_dense(train_vectors[train], train_labels, config),
-                     fit_neighbours(train_vectors[train], train_labels))
+            model = fit_joint(train_texts, train_vectors[train], train_labels, config)
             names = joint_labels(model)
             probabilities = joint_probabilities(model, [texts[i] for i in test], train_vectors[test], config)
         for i, row in zip(test, probabilities, strict=True):
