@@ -56,11 +56,12 @@ def app_with_fakes(database_url: str, make_client: Callable[..., TestClient], de
     with FakeLine() as line, FakeTelegram() as telegram:
         client = make_client(database_url, dead_engine_url, **line_settings(line), **telegram_settings(telegram))
         yield client, line, telegram, (1.0 if database_url.startswith("sqlite") else 0.25)
-        client.__exit__(None, None, None)  # the app stops as an operator stops it: its worker mid-round
         assert_nothing_half_way(client)
 
 
 def assert_nothing_half_way(client: TestClient) -> None:
+    """Stops the app as an operator does (its worker perhaps mid-round), then checks the database."""
+    client.__exit__(None, None, None)
     assistant = client.app.state.assistant  # type: ignore[attr-defined]
     with assistant.sessions() as session:
         orphans = session.scalar(
@@ -345,5 +346,4 @@ def test_console_forms(database_url: str, make_client: Callable[..., TestClient]
                 assert jobs or broadcast.status in ("done", "refused"), "an alert was queued without its deliveries"
             for canned in session.scalars(select(CannedReply)):
                 assert canned.title.strip() and canned.text_ja.strip()
-        client.__exit__(None, None, None)
         assert_nothing_half_way(client)
